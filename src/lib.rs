@@ -1,0 +1,2 @@
+//! sessbackup: verified Redis backups.
+pub mod rdb;
