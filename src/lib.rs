@@ -1,2 +1,11 @@
 //! sessbackup: verified Redis backups.
+pub mod cli;
+pub mod config;
+pub mod fsutil;
+pub mod manifest;
+pub mod pipeline;
 pub mod rdb;
+pub mod restore;
+pub mod secret;
+pub mod source;
+pub mod target;

@@ -6,8 +6,8 @@
 //! more than `MAX_TRACKED` members stops being checked: memory stays bounded
 //! whatever the collection size. The walker counts such collections.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
+use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 
 /// Members tracked per collection: 16 bytes each, so at most about 8 MiB with
@@ -23,11 +23,18 @@ pub(crate) struct FingerprintKeys {
 
 impl FingerprintKeys {
     pub(crate) fn new() -> Self {
-        FingerprintKeys { first: RandomState::new(), second: RandomState::new() }
+        FingerprintKeys {
+            first: RandomState::new(),
+            second: RandomState::new(),
+        }
     }
 
     pub(crate) fn start(&self) -> FingerprintBuilder {
-        FingerprintBuilder { first: self.first.build_hasher(), second: self.second.build_hasher(), len: 0 }
+        FingerprintBuilder {
+            first: self.first.build_hasher(),
+            second: self.second.build_hasher(),
+            len: 0,
+        }
     }
 
     pub(crate) fn of(&self, bytes: &[u8]) -> Fingerprint {

@@ -1,0 +1,745 @@
+//! Command-line interface: argument parsing, logging set-up, and the glue that
+//! turns configuration into sources and targets for each command.
+//!
+//! Exit codes: 0 success, 1 the operation failed, 2 usage error, 78 invalid
+//! configuration (`EX_CONFIG`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config, TargetKind};
+use crate::manifest::Manifest;
+use crate::pipeline;
+use crate::rdb;
+use crate::restore::{self, Backup};
+use crate::source::RedisSource;
+use crate::target::{LocalTarget, Target};
+
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Back up Redis (RDB snapshots) to verified, compressed backups, and restore them.
+#[derive(Debug, Parser)]
+#[command(name = "sessbackup", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "SESSBACKUP_CONFIG", default_value = config::DEFAULT_PATH, value_name = "PATH")]
+    pub config: PathBuf,
+
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
+    pub log_level: String,
+
+    /// Log line format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every job (or one) now: snapshot, check, compress and publish.
+    Backup {
+        /// Run only this job.
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+        /// Print the run reports as JSON on standard output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List published backups, newest first.
+    List {
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a backup and check it end to end against its manifest.
+    Verify {
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
+        /// Backup id, or "latest".
+        #[arg(default_value = "latest", value_name = "ID|latest")]
+        backup: String,
+        /// Print the verification as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a backup, then write its RDB file.
+    Restore {
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
+        /// Backup id, or "latest".
+        #[arg(default_value = "latest", value_name = "ID|latest")]
+        backup: String,
+        /// File to write the RDB to (written atomically).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check a local RDB file and describe it; needs no configuration.
+    Inspect {
+        /// RDB file to check.
+        file: PathBuf,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration file and report every problem.
+    Check {
+        /// Also connect to Redis for each job.
+        #[arg(long)]
+        probe: bool,
+    },
+}
+
+/// Parses arguments, runs the command and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    // Both TLS users (Redis over TLS now, more targets later) share one crypto
+    // provider; installing it once avoids a panic when two are linked.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let code = runtime.block_on(run(cli));
+    ExitCode::from(code)
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+async fn run(cli: Cli) -> u8 {
+    let result = match &cli.command {
+        Command::Inspect { file, json } => return inspect(file, *json),
+        Command::Check { probe } => return check(&cli.config, *probe).await,
+        _ => {
+            let config = match config::load(&cli.config) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return EXIT_CONFIG;
+                }
+            };
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
+            match cli.command {
+                Command::Backup { job, json } => backup(&config, job.as_deref(), json).await,
+                Command::List { job, target, json } => {
+                    list(&config, job.as_deref(), target.as_deref(), json).await
+                }
+                Command::Verify {
+                    job,
+                    target,
+                    backup,
+                    json,
+                } => verify(&config, job.as_deref(), target.as_deref(), &backup, json).await,
+                Command::Restore {
+                    job,
+                    target,
+                    backup,
+                    to,
+                    force,
+                } => {
+                    restore(
+                        &config,
+                        job.as_deref(),
+                        target.as_deref(),
+                        &backup,
+                        &to,
+                        force,
+                    )
+                    .await
+                }
+                Command::Inspect { .. } | Command::Check { .. } => unreachable!("handled above"),
+            }
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// Builds the target named `name`.
+pub fn build_target(config: &Config, name: &str) -> anyhow::Result<Arc<dyn Target>> {
+    let target = config
+        .target(name)
+        .ok_or_else(|| anyhow!("target {name:?} is not defined in the configuration"))?;
+    Ok(match &target.kind {
+        TargetKind::Local { path } => Arc::new(LocalTarget::new(target.name.clone(), path.clone())),
+    })
+}
+
+async fn backup(config: &Config, job_name: Option<&str>, json: bool) -> anyhow::Result<u8> {
+    let jobs: Vec<&config::Job> = match job_name {
+        Some(name) => vec![config.job(name).ok_or_else(|| unknown_job(config, name))?],
+        None => config.jobs.iter().collect(),
+    };
+    let mut reports = Vec::new();
+    let mut failed = false;
+    for job in jobs {
+        match backup_job(config, job).await {
+            Ok(report) => {
+                if !report.all_published() {
+                    failed = true;
+                }
+                if !json {
+                    print_run(&report);
+                }
+                reports.push(serde_json::to_value(&report).expect("reports serialize"));
+            }
+            Err(err) => {
+                failed = true;
+                tracing::error!(job = %job.name, error = %format!("{err:#}"), "backup failed");
+                eprintln!("error: job {}: {err:#}", job.name);
+                reports.push(serde_json::json!({ "job": job.name, "error": format!("{err:#}") }));
+            }
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reports).expect("JSON values serialize")
+        );
+    }
+    Ok(if failed { EXIT_FAILURE } else { 0 })
+}
+
+async fn backup_job(config: &Config, job: &config::Job) -> anyhow::Result<pipeline::RunReport> {
+    let password = match &job.redis.password {
+        Some(source) => Some(source.resolve().map_err(|message| anyhow!(message))?),
+        None => None,
+    };
+    let source = RedisSource::new(&job.redis, password, job.rdb_path.clone())?;
+    let targets = job
+        .targets
+        .iter()
+        .map(|name| build_target(config, name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(pipeline::run_backup(job, &source, &targets).await?)
+}
+
+fn print_run(report: &pipeline::RunReport) {
+    for outcome in &report.targets {
+        match &outcome.error {
+            None => println!(
+                "{} {}: published to {} ({} RDB, {} compressed, {} keys)",
+                report.job,
+                report.id,
+                outcome.target,
+                human_bytes(report.rdb_bytes),
+                human_bytes(report.artifact_bytes),
+                report.keys
+            ),
+            Some(error) => println!(
+                "{} {}: NOT published to {}: {error}",
+                report.job, report.id, outcome.target
+            ),
+        }
+    }
+}
+
+fn unknown_job(config: &Config, name: &str) -> anyhow::Error {
+    let known: Vec<&str> = config.jobs.iter().map(|job| job.name.as_str()).collect();
+    anyhow!(
+        "job {name:?} is not defined; jobs in the configuration: {}",
+        known.join(", ")
+    )
+}
+
+/// Targets to search: the named one, else the job's targets in order, else all.
+fn candidate_targets(
+    config: &Config,
+    job: Option<&str>,
+    target: Option<&str>,
+) -> anyhow::Result<Vec<Arc<dyn Target>>> {
+    if let Some(name) = target {
+        return Ok(vec![build_target(config, name)?]);
+    }
+    let names: Vec<String> = match job.and_then(|name| config.job(name)) {
+        Some(job) => job.targets.clone(),
+        None => config
+            .targets
+            .iter()
+            .map(|target| target.name.clone())
+            .collect(),
+    };
+    names
+        .iter()
+        .map(|name| build_target(config, name))
+        .collect()
+}
+
+async fn list(
+    config: &Config,
+    job: Option<&str>,
+    target: Option<&str>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let mut rows = Vec::new();
+    for target in candidate_targets(config, job, target)? {
+        let (backups, warnings) = restore::list_backups(&target, job)
+            .await
+            .with_context(|| format!("list backups on target {}", target.name()))?;
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        rows.extend(backups);
+    }
+    rows.sort_by(|a, b| {
+        b.manifest
+            .id
+            .cmp(&a.manifest.id)
+            .then_with(|| a.target.name().cmp(b.target.name()))
+    });
+    if json {
+        let values: Vec<serde_json::Value> = rows.iter().map(list_entry).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&values).expect("JSON values serialize")
+        );
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("no backups found");
+        return Ok(0);
+    }
+    println!(
+        "{:<28} {:<16} {:<12} {:<20} {:>10} {:>10} {:>10}",
+        "ID", "JOB", "TARGET", "CREATED", "RDB", "ARTIFACT", "KEYS"
+    );
+    for backup in &rows {
+        let manifest = &backup.manifest;
+        println!(
+            "{:<28} {:<16} {:<12} {:<20} {:>10} {:>10} {:>10}",
+            manifest.id,
+            manifest.job,
+            backup.target.name(),
+            manifest.created_at,
+            human_bytes(manifest.rdb.bytes),
+            human_bytes(manifest.artifact.bytes),
+            manifest.rdb.keys
+        );
+    }
+    Ok(0)
+}
+
+fn list_entry(backup: &Backup) -> serde_json::Value {
+    let manifest: &Manifest = &backup.manifest;
+    serde_json::json!({
+        "id": manifest.id,
+        "job": manifest.job,
+        "target": backup.target.name(),
+        "created_at": manifest.created_at,
+        "finished_at": manifest.finished_at,
+        "rdb_bytes": manifest.rdb.bytes,
+        "artifact_bytes": manifest.artifact.bytes,
+        "rdb_sha256": manifest.rdb.sha256,
+        "artifact_sha256": manifest.artifact.sha256,
+        "keys": manifest.rdb.keys,
+        "expires": manifest.rdb.expires,
+        "rdb_version": manifest.rdb.version,
+        "redis_version": manifest.redis.version,
+    })
+}
+
+/// Finds the backup to verify or restore: by id or the newest, on the named
+/// target or the first candidate target that has it.
+async fn select_backup(
+    config: &Config,
+    job: Option<&str>,
+    target: Option<&str>,
+    which: &str,
+) -> anyhow::Result<Backup> {
+    if let Some(name) = job {
+        if config.job(name).is_none() && target.is_none() {
+            tracing::warn!(
+                job = name,
+                "job is not in the configuration; searching every target"
+            );
+        }
+    }
+    let mut searched = Vec::new();
+    for target in candidate_targets(config, job, target)? {
+        let (backups, warnings) = restore::list_backups(&target, job)
+            .await
+            .with_context(|| format!("list backups on target {}", target.name()))?;
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        searched.push(target.name().to_string());
+        let found = if which == "latest" {
+            let jobs: std::collections::BTreeSet<&str> = backups
+                .iter()
+                .map(|backup| backup.manifest.job.as_str())
+                .collect();
+            if jobs.len() > 1 {
+                bail!(
+                    "target {} holds backups of several jobs ({}); pass --job to choose",
+                    target.name(),
+                    jobs.into_iter().collect::<Vec<_>>().join(", ")
+                );
+            }
+            backups.into_iter().next()
+        } else {
+            backups
+                .into_iter()
+                .find(|backup| backup.manifest.id == which)
+        };
+        if let Some(backup) = found {
+            eprintln!(
+                "using backup {} of job {} on target {}",
+                backup.manifest.id,
+                backup.manifest.job,
+                backup.target.name()
+            );
+            return Ok(backup);
+        }
+    }
+    let what = if which == "latest" {
+        "no backup".to_string()
+    } else {
+        format!("no backup with id {which}")
+    };
+    bail!(
+        "{what}{} found on target(s) {}; run `sessbackup list` to see what exists",
+        job.map(|job| format!(" of job {job}")).unwrap_or_default(),
+        searched.join(", ")
+    )
+}
+
+async fn verify(
+    config: &Config,
+    job: Option<&str>,
+    target: Option<&str>,
+    which: &str,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let backup = select_backup(config, job, target, which).await?;
+    let verification = restore::verify(&backup, None).await;
+    if json {
+        let mut value = serde_json::to_value(&verification).expect("verification serializes");
+        value["ok"] = verification.ok().into();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("JSON values serialize")
+        );
+    } else {
+        for check in &verification.checks {
+            let mark = if check.ok { "ok  " } else { "FAIL" };
+            if check.ok {
+                println!("{mark} {}: {}", check.what, check.actual);
+            } else {
+                println!(
+                    "{mark} {}: expected {}, found {}",
+                    check.what, check.expected, check.actual
+                );
+            }
+        }
+        for error in &verification.errors {
+            println!("FAIL {error}");
+        }
+        println!(
+            "backup {} on {}: {}",
+            verification.id,
+            verification.target,
+            if verification.ok() {
+                "verified"
+            } else {
+                "FAILED verification"
+            }
+        );
+    }
+    Ok(if verification.ok() { 0 } else { EXIT_FAILURE })
+}
+
+async fn restore(
+    config: &Config,
+    job: Option<&str>,
+    target: Option<&str>,
+    which: &str,
+    to: &Path,
+    force: bool,
+) -> anyhow::Result<u8> {
+    if !force && to.symlink_metadata().is_ok() {
+        bail!("{} exists; pass --force to replace it", to.display());
+    }
+    let backup = select_backup(config, job, target, which).await?;
+    let verification = restore::restore_to_file(&backup, to, force).await?;
+    println!(
+        "restored backup {} of job {} from {} to {} ({} keys, {}), verified",
+        verification.id,
+        verification.job,
+        verification.target,
+        to.display(),
+        backup.manifest.rdb.keys,
+        human_bytes(backup.manifest.rdb.bytes)
+    );
+    Ok(0)
+}
+
+fn inspect(path: &Path, json: bool) -> u8 {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) => {
+            eprintln!("error: cannot open {}: {err}", path.display());
+            return EXIT_FAILURE;
+        }
+    };
+    let result = rdb::walk(std::io::BufReader::with_capacity(256 * 1024, file));
+    let (summary, error) = match &result {
+        Ok(summary) => (summary, None),
+        Err(failure) => (failure.partial.as_ref(), Some(&failure.error)),
+    };
+    if json {
+        let mut value = serde_json::json!({
+            "file": path.display().to_string(),
+            "valid": error.is_none(),
+            "format": summary.format,
+            "rdb_version": summary.version,
+            "keys": summary.keys(),
+            "expires": summary.expires(),
+            "databases": crate::manifest::database_counts(summary),
+            "types": summary.types,
+            "aux": summary.aux.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "functions": summary.functions,
+            "module_aux": summary.module_aux,
+            "checksum": crate::manifest::checksum_name(summary.checksum),
+            "rdb_bytes": summary.rdb_bytes,
+            "trailing_bytes": summary.trailing_bytes,
+            "unchecked_collections": summary.unchecked_collections,
+        });
+        if let Some(rdb::Checksum::Verified(crc)) = summary.checksum {
+            value["crc64"] = format!("{crc:016x}").into();
+        }
+        if let Some(error) = error {
+            value["checksum"] = serde_json::Value::Null;
+            value["error"] =
+                serde_json::json!({ "offset": error.offset, "message": error.message });
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("JSON values serialize")
+        );
+    } else {
+        println!("file: {}", path.display());
+        if summary.version > 0 {
+            let format = match summary.format {
+                rdb::Format::Redis => "Redis",
+                rdb::Format::Valkey => "Valkey",
+            };
+            println!("format: {format} RDB version {}", summary.version);
+        }
+        for (key, value) in &summary.aux {
+            println!("aux {key}: {value}");
+        }
+        for (db, counts) in &summary.databases {
+            println!(
+                "db {db}: {} keys, {} with expiry",
+                counts.keys, counts.expires
+            );
+        }
+        let types: Vec<String> = summary
+            .types
+            .iter()
+            .map(|(name, count)| format!("{name} {count}"))
+            .collect();
+        if !types.is_empty() {
+            println!("types: {}", types.join(", "));
+        }
+        if summary.functions > 0 {
+            println!("function libraries: {}", summary.functions);
+        }
+        println!(
+            "total: {} keys, {} with expiry",
+            summary.keys(),
+            summary.expires()
+        );
+        if error.is_none() {
+            match summary.checksum {
+                Some(rdb::Checksum::Verified(crc)) => {
+                    println!("checksum: CRC-64 {crc:016x} verified")
+                }
+                Some(rdb::Checksum::Disabled) => {
+                    println!("checksum: none (saved with rdbchecksum no)")
+                }
+                _ => println!(
+                    "checksum: none (RDB version {} has no checksum)",
+                    summary.version
+                ),
+            }
+            if summary.trailing_bytes > 0 {
+                println!(
+                    "note: {} bytes after the checksum (Redis ignores them)",
+                    summary.trailing_bytes
+                );
+            }
+            if summary.unchecked_collections > 0 {
+                println!(
+                    "note: {} collections have more than {} members and were not checked for duplicates",
+                    summary.unchecked_collections,
+                    rdb::MAX_DEDUP_MEMBERS
+                );
+            }
+        }
+        match error {
+            None => println!("verdict: valid"),
+            Some(error) => println!(
+                "verdict: INVALID at offset {}: {}",
+                error.offset, error.message
+            ),
+        }
+    }
+    match error {
+        None => 0,
+        Some(_) => EXIT_FAILURE,
+    }
+}
+
+async fn check(path: &Path, probe: bool) -> u8 {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return EXIT_CONFIG;
+        }
+    };
+    for warning in &config.warnings {
+        println!("warning: {warning}");
+    }
+    let problems = config.check_environment();
+    if !problems.is_empty() {
+        eprintln!(
+            "invalid configuration {} ({} problems)",
+            path.display(),
+            problems.len()
+        );
+        for problem in &problems {
+            eprintln!("  {problem}");
+        }
+        return EXIT_CONFIG;
+    }
+    let mut failed = false;
+    if probe {
+        for job in &config.jobs {
+            let password = job
+                .redis
+                .password
+                .as_ref()
+                .map(|source| source.resolve())
+                .transpose();
+            let result = match password {
+                Err(message) => Err(anyhow!(message)),
+                Ok(password) => {
+                    match RedisSource::new(&job.redis, password, job.rdb_path.clone()) {
+                        Ok(source) => source.probe().await.map_err(anyhow::Error::from),
+                        Err(err) => Err(err.into()),
+                    }
+                }
+            };
+            match result {
+                Ok(info) => println!(
+                    "job {}: Redis {} ({}) reachable at {}",
+                    job.name,
+                    info.version,
+                    info.role,
+                    job.redis.display_url()
+                ),
+                Err(err) => {
+                    failed = true;
+                    eprintln!("job {}: {err:#}", job.name);
+                }
+            }
+        }
+    }
+    println!(
+        "configuration {} is valid: {} job(s), {} target(s)",
+        path.display(),
+        config.jobs.len(),
+        config.targets.len()
+    );
+    if failed { EXIT_FAILURE } else { 0 }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn human_bytes_uses_binary_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+}

@@ -1,0 +1,1055 @@
+//! The TOML configuration file: jobs (what to back up) and targets (where to
+//! put it), read into validated, typed settings.
+//!
+//! Parsing walks the spanned TOML document by hand instead of through serde so
+//! that every problem (an unknown key, a wrong type, an invalid value) is
+//! reported at once with its line, not just the first one.
+//!
+//! Secrets are not read here: a job names where its password lives, and
+//! [`PasswordSource::resolve`] reads it when a run needs it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::secret::Secret;
+
+/// Default location of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/sessbackup/config.toml";
+
+const DEFAULT_SNAPSHOT_TIMEOUT_SECS: u64 = 600;
+const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub jobs: Vec<Job>,
+    pub targets: Vec<Target>,
+    /// Non-fatal remarks, such as a target no job uses.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub redis: RedisSettings,
+    /// Path of the RDB file as this host sees it, when `CONFIG GET dir` and
+    /// `dbfilename` cannot be used or name a path that differs here.
+    pub rdb_path: Option<PathBuf>,
+    pub snapshot_timeout: Duration,
+    pub compression_level: i32,
+    pub targets: Vec<String>,
+}
+
+/// How to reach and authenticate to Redis.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// The URL as written, which may hold a password: never print it.
+    url: String,
+    pub username: Option<String>,
+    pub password: Option<PasswordSource>,
+    /// Extra CA certificate (PEM) trusted for `rediss://` connections.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Name of the CONFIG command, for servers that rename it.
+    pub config_command: String,
+    pub connect_timeout: Duration,
+}
+
+impl RedisSettings {
+    /// The URL including any password in it, for the client library only.
+    pub fn url_with_credentials(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL without user name or password, for messages.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &self.display_url())
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("config_command", &self.config_command)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// Where a password comes from. Holds the source's name, never the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl PasswordSource {
+    /// Reads the password. A file's trailing newline is dropped.
+    pub fn resolve(&self) -> Result<Secret, String> {
+        match self {
+            PasswordSource::Env(name) => match std::env::var(name) {
+                Ok(value) => Ok(Secret::new(value)),
+                Err(std::env::VarError::NotPresent) => Err(format!(
+                    "environment variable {name} (password_env) is not set; export it or use password_file"
+                )),
+                Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+                    "environment variable {name} (password_env) is not valid UTF-8"
+                )),
+            },
+            PasswordSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(text) => Ok(Secret::new(
+                    text.strip_suffix('\n')
+                        .unwrap_or(&text)
+                        .trim_end_matches('\r'),
+                )),
+                Err(err) => Err(format!(
+                    "cannot read password_file {}: {err}",
+                    path.display()
+                )),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub kind: TargetKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum TargetKind {
+    /// A directory on a local or mounted file system.
+    Local { path: PathBuf },
+}
+
+impl Config {
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|job| job.name == name)
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|target| target.name == name)
+    }
+
+    /// Checks what only the running host can tell: password variables and
+    /// files, and target folders. Returns one message per problem.
+    pub fn check_environment(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for job in &self.jobs {
+            if let Some(source) = &job.redis.password {
+                if let Err(message) = source.resolve() {
+                    problems.push(format!("job {:?}: {message}", job.name));
+                }
+            }
+            if let Some(path) = &job.redis.tls_ca_file {
+                if let Err(err) = std::fs::metadata(path) {
+                    problems.push(format!(
+                        "job {:?}: cannot read tls_ca_file {}: {err}",
+                        job.name,
+                        path.display()
+                    ));
+                }
+            }
+        }
+        for target in &self.targets {
+            match &target.kind {
+                TargetKind::Local { path } => {
+                    let existing = path.ancestors().find(|dir| dir.exists());
+                    if let Some(dir) = existing {
+                        if !dir.is_dir() {
+                            problems.push(format!(
+                                "target {:?}: {} is not a directory",
+                                target.name,
+                                dir.display()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// One problem in the file, with its line when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// The file could not be read or has problems; `problems` lists them all.
+#[derive(Debug)]
+pub struct Error {
+    pub path: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.problems.len();
+        write!(
+            f,
+            "invalid configuration {} ({count} problem{})",
+            self.path.display(),
+            if count == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.problems {
+            match problem.line {
+                Some(line) => write!(f, "\n  line {line}: {}", problem.message)?,
+                None => write!(f, "\n  {}", problem.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, Error> {
+    let text = std::fs::read_to_string(path).map_err(|err| Error {
+        path: path.to_path_buf(),
+        problems: vec![Problem {
+            line: None,
+            message: match err.kind() {
+                std::io::ErrorKind::NotFound => format!(
+                    "file not found; create it (see config.example.toml) or pass --config PATH / set SESSBACKUP_CONFIG"
+                ),
+                _ => format!("cannot read the file: {err}"),
+            },
+        }],
+    })?;
+    parse(&text).map_err(|problems| Error {
+        path: path.to_path_buf(),
+        problems,
+    })
+}
+
+/// Validates configuration text; returns every problem found.
+pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    let mut problems = Problems {
+        text,
+        list: Vec::new(),
+    };
+    let document = match DeTable::parse(text) {
+        Ok(document) => document,
+        Err(err) => {
+            let line = err.span().map(|span| line_of(text, span.start));
+            problems.list.push(Problem {
+                line,
+                message: format!("TOML syntax error: {}", err.message()),
+            });
+            return Err(problems.list);
+        }
+    };
+
+    let mut root = Fields::new(document.get_ref(), "top level");
+    let job_tables = root.array_of_tables(&mut problems, "job");
+    let target_tables = root.array_of_tables(&mut problems, "target");
+    root.finish(&mut problems);
+
+    let mut targets = Vec::new();
+    let mut target_names = HashSet::new();
+    for (table, span) in &target_tables {
+        if let Some(target) = parse_target(table, span.clone(), &mut problems) {
+            if !target_names.insert(target.name.clone()) {
+                problems.add(
+                    span.clone(),
+                    format!(
+                        "target name {:?} is used twice; names must be unique",
+                        target.name
+                    ),
+                );
+            }
+            targets.push(target);
+        }
+    }
+
+    let mut jobs = Vec::new();
+    let mut job_names = HashSet::new();
+    for (table, span) in &job_tables {
+        if let Some(job) = parse_job(table, span.clone(), &target_names, &mut problems) {
+            if !job_names.insert(job.name.clone()) {
+                problems.add(
+                    span.clone(),
+                    format!(
+                        "job name {:?} is used twice; names must be unique",
+                        job.name
+                    ),
+                );
+            }
+            jobs.push(job);
+        }
+    }
+    if job_tables.is_empty() {
+        problems.list.push(Problem {
+            line: None,
+            message: "no [[job]] table: define at least one job (see config.example.toml)"
+                .to_string(),
+        });
+    }
+
+    let mut warnings = Vec::new();
+    for target in &targets {
+        if !jobs.iter().any(|job| job.targets.contains(&target.name)) {
+            warnings.push(format!("target {:?} is not used by any job", target.name));
+        }
+    }
+
+    if problems.list.is_empty() {
+        Ok(Config {
+            jobs,
+            targets,
+            warnings,
+        })
+    } else {
+        problems
+            .list
+            .sort_by_key(|problem| problem.line.unwrap_or(usize::MAX));
+        Err(problems.list)
+    }
+}
+
+fn parse_job(
+    table: &DeTable<'_>,
+    span: std::ops::Range<usize>,
+    target_names: &HashSet<String>,
+    problems: &mut Problems<'_>,
+) -> Option<Job> {
+    let mut fields = Fields::new(table, "[[job]]");
+    let name = fields.name(problems, span.clone(), "job");
+    let url = fields.string(problems, "redis_url");
+    let username = fields.string(problems, "username");
+    let password_env = fields.string(problems, "password_env");
+    let password_file = fields.string(problems, "password_file");
+    let tls_ca_file = fields.string(problems, "tls_ca_file");
+    let config_command = fields.string(problems, "config_command");
+    let connect_timeout = fields.integer(problems, "connect_timeout_secs");
+    let rdb_path = fields.string(problems, "rdb_path");
+    let snapshot_timeout = fields.integer(problems, "snapshot_timeout_secs");
+    let compression_level = fields.integer(problems, "compression_level");
+    let targets = fields.string_array(problems, "targets");
+    fields.finish(problems);
+
+    let context = match &name {
+        Some(name) => format!("job {name:?}"),
+        None => "job".to_string(),
+    };
+
+    let url = match url {
+        None => {
+            problems.add(span.clone(), format!("{context}: redis_url is missing; for example redis_url = \"redis://127.0.0.1:6379/\""));
+            None
+        }
+        Some((url, url_span)) => match check_redis_url(&url) {
+            Ok(has_password) => Some((url, url_span, has_password)),
+            Err(message) => {
+                problems.add(
+                    url_span,
+                    format!("{context}: redis_url {:?}: {message}", redact_url(&url)),
+                );
+                None
+            }
+        },
+    };
+
+    let password = match (&password_env, &password_file) {
+        (Some((_, span)), Some(_)) => {
+            problems.add(
+                span.clone(),
+                format!("{context}: set password_env or password_file, not both"),
+            );
+            None
+        }
+        (Some((name, span)), None) => {
+            if name.is_empty() {
+                problems.add(
+                    span.clone(),
+                    format!("{context}: password_env is empty; name an environment variable"),
+                );
+            }
+            Some(PasswordSource::Env(name.clone()))
+        }
+        (None, Some((path, span))) => {
+            if !Path::new(path).is_absolute() {
+                problems.add(
+                    span.clone(),
+                    format!("{context}: password_file {path:?} must be an absolute path"),
+                );
+            }
+            Some(PasswordSource::File(PathBuf::from(path)))
+        }
+        (None, None) => None,
+    };
+    if let (Some(_), Some((_, url_span, true))) = (&password, &url) {
+        problems.add(
+            url_span.clone(),
+            format!("{context}: redis_url contains a password and password_env/password_file is set too; keep one"),
+        );
+    }
+    if let (Some((_, span)), None, Some((_, _, false))) = (&username, &password, &url) {
+        problems.add(
+            span.clone(),
+            format!(
+                "{context}: username is set without a password; set password_env or password_file"
+            ),
+        );
+    }
+
+    let snapshot_timeout = seconds(
+        problems,
+        &context,
+        "snapshot_timeout_secs",
+        snapshot_timeout,
+        DEFAULT_SNAPSHOT_TIMEOUT_SECS,
+        7 * 86_400,
+    );
+    let connect_timeout = seconds(
+        problems,
+        &context,
+        "connect_timeout_secs",
+        connect_timeout,
+        DEFAULT_CONNECT_TIMEOUT_SECS,
+        3600,
+    );
+
+    let compression_level = match compression_level {
+        None => DEFAULT_COMPRESSION_LEVEL,
+        Some((level, span)) => {
+            if !(1..=19).contains(&level) {
+                problems.add(span, format!("{context}: compression_level {level} is out of range; use 1 (fastest) to 19 (smallest)"));
+            }
+            level as i32
+        }
+    };
+
+    let rdb_path = rdb_path.and_then(|(path, span)| {
+        if Path::new(&path).is_absolute() {
+            Some(PathBuf::from(path))
+        } else {
+            problems.add(
+                span,
+                format!("{context}: rdb_path {path:?} must be an absolute path"),
+            );
+            None
+        }
+    });
+
+    let config_command = match config_command {
+        None => "CONFIG".to_string(),
+        Some((command, span)) => {
+            if command.is_empty() || command.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                problems.add(
+                    span,
+                    format!("{context}: config_command {command:?} must be one word"),
+                );
+            }
+            command
+        }
+    };
+
+    let tls_ca_file = tls_ca_file.map(|(path, span)| {
+        if !Path::new(&path).is_absolute() {
+            problems.add(
+                span,
+                format!("{context}: tls_ca_file {path:?} must be an absolute path"),
+            );
+        }
+        PathBuf::from(path)
+    });
+
+    let targets = match targets {
+        None => {
+            problems.add(span.clone(), format!("{context}: targets is missing; list target names, for example targets = [\"local\"]"));
+            Vec::new()
+        }
+        Some((names, span)) => {
+            if names.is_empty() {
+                problems.add(
+                    span.clone(),
+                    format!("{context}: targets is empty; list at least one target name"),
+                );
+            }
+            let mut seen = HashSet::new();
+            for name in &names {
+                if !target_names.contains(name) {
+                    let known: Vec<&String> = target_names
+                        .iter()
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    problems.add(
+                        span.clone(),
+                        format!(
+                            "{context}: target {name:?} is not defined; defined targets: {known:?}"
+                        ),
+                    );
+                }
+                if !seen.insert(name) {
+                    problems.add(
+                        span.clone(),
+                        format!("{context}: target {name:?} is listed twice"),
+                    );
+                }
+            }
+            names
+        }
+    };
+
+    let name = name?;
+    let (url, _, _) = url?;
+    Some(Job {
+        name,
+        redis: RedisSettings {
+            url,
+            username: username.map(|(name, _)| name),
+            password,
+            tls_ca_file,
+            config_command,
+            connect_timeout,
+        },
+        rdb_path,
+        snapshot_timeout,
+        compression_level,
+        targets,
+    })
+}
+
+fn parse_target(
+    table: &DeTable<'_>,
+    span: std::ops::Range<usize>,
+    problems: &mut Problems<'_>,
+) -> Option<Target> {
+    let mut fields = Fields::new(table, "[[target]]");
+    let name = fields.name(problems, span.clone(), "target");
+    let kind = fields.string(problems, "type");
+    let context = match &name {
+        Some(name) => format!("target {name:?}"),
+        None => "target".to_string(),
+    };
+    let kind = match kind {
+        None => {
+            problems.add(
+                span.clone(),
+                format!("{context}: type is missing; supported: \"local\""),
+            );
+            fields.finish_ignoring_rest();
+            return None;
+        }
+        Some((kind, kind_span)) => match kind.as_str() {
+            "local" => {
+                let path = fields.string(problems, "path");
+                fields.finish(problems);
+                match path {
+                    None => {
+                        problems.add(span, format!("{context}: path is missing; set the backup directory, for example path = \"/var/backups/sessbackup\""));
+                        None
+                    }
+                    Some((path, path_span)) => {
+                        if Path::new(&path).is_absolute() {
+                            Some(TargetKind::Local {
+                                path: PathBuf::from(path),
+                            })
+                        } else {
+                            problems.add(
+                                path_span,
+                                format!("{context}: path {path:?} must be an absolute path"),
+                            );
+                            None
+                        }
+                    }
+                }
+            }
+            other => {
+                problems.add(
+                    kind_span,
+                    format!("{context}: unknown type {other:?}; supported: \"local\""),
+                );
+                fields.finish_ignoring_rest();
+                None
+            }
+        },
+    };
+    Some(Target {
+        name: name?,
+        kind: kind?,
+    })
+}
+
+fn seconds(
+    problems: &mut Problems<'_>,
+    context: &str,
+    key: &str,
+    value: Option<(i64, std::ops::Range<usize>)>,
+    default: u64,
+    max: u64,
+) -> Duration {
+    match value {
+        None => Duration::from_secs(default),
+        Some((secs, span)) => {
+            if secs < 1 || secs as u64 > max {
+                problems.add(
+                    span,
+                    format!("{context}: {key} {secs} is out of range; use 1 to {max}"),
+                );
+                Duration::from_secs(default)
+            } else {
+                Duration::from_secs(secs as u64)
+            }
+        }
+    }
+}
+
+/// Accepts `redis://`, `rediss://` and `unix://` URLs; returns whether the URL
+/// carries a password.
+fn check_redis_url(text: &str) -> Result<bool, String> {
+    let url = url::Url::parse(text).map_err(|err| format!("not a valid URL ({err})"))?;
+    match url.scheme() {
+        "redis" | "rediss" => {
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err("has no host; for example redis://127.0.0.1:6379/".to_string());
+            }
+        }
+        "unix" | "redis+unix" => {}
+        other => {
+            return Err(format!(
+                "scheme {other:?} is not supported; use redis://, rediss:// or unix://"
+            ));
+        }
+    }
+    let db = url.path().trim_matches('/');
+    if !db.is_empty() && !url.scheme().contains("unix") && db.parse::<u32>().is_err() {
+        return Err(format!("database {db:?} in the path is not a number"));
+    }
+    Ok(url.password().is_some())
+}
+
+/// Removes user name and password from a URL, for messages and logs.
+pub fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("redacted"));
+            }
+            url.to_string()
+        }
+        // An unparsable URL may still contain a secret: show only its scheme.
+        Err(_) => match text.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://…"),
+            None => "(unparsable URL)".to_string(),
+        },
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(first) if first.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Problems collected while reading the document.
+struct Problems<'t> {
+    text: &'t str,
+    list: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, span: std::ops::Range<usize>, message: String) {
+        let line = line_of(self.text, span.start);
+        self.list.push(Problem {
+            line: Some(line),
+            message,
+        });
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&byte| byte == b'\n')
+        .count()
+        + 1
+}
+
+/// Keys of one table, read by name; whatever is not read is unknown.
+struct Fields<'a, 'i> {
+    table: &'a DeTable<'i>,
+    context: &'static str,
+    used: HashSet<String>,
+}
+
+impl<'a, 'i> Fields<'a, 'i> {
+    fn new(table: &'a DeTable<'i>, context: &'static str) -> Self {
+        Fields {
+            table,
+            context,
+            used: HashSet::new(),
+        }
+    }
+
+    fn get(&mut self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.used.insert(key.to_string());
+        self.table
+            .iter()
+            .find(|(name, _)| name.get_ref() == key)
+            .map(|(_, value)| value)
+    }
+
+    fn wrong_type(
+        &self,
+        problems: &mut Problems<'_>,
+        key: &str,
+        value: &Spanned<DeValue<'_>>,
+        expected: &str,
+    ) {
+        problems.add(
+            value.span(),
+            format!(
+                "{} key {key} must be {expected}, found {}",
+                self.context,
+                type_name(value.get_ref())
+            ),
+        );
+    }
+
+    fn string(
+        &mut self,
+        problems: &mut Problems<'_>,
+        key: &str,
+    ) -> Option<(String, std::ops::Range<usize>)> {
+        let value = self.get(key)?;
+        match value.get_ref() {
+            DeValue::String(text) => Some((text.to_string(), value.span())),
+            _ => {
+                self.wrong_type(problems, key, value, "a string");
+                None
+            }
+        }
+    }
+
+    fn integer(
+        &mut self,
+        problems: &mut Problems<'_>,
+        key: &str,
+    ) -> Option<(i64, std::ops::Range<usize>)> {
+        let value = self.get(key)?;
+        match value.get_ref() {
+            DeValue::Integer(integer) => {
+                match i64::from_str_radix(integer.as_str(), integer.radix()) {
+                    Ok(number) => Some((number, value.span())),
+                    Err(_) => {
+                        problems.add(
+                            value.span(),
+                            format!(
+                                "{} key {key}: {} does not fit in 64 bits",
+                                self.context,
+                                integer.as_str()
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.wrong_type(problems, key, value, "an integer");
+                None
+            }
+        }
+    }
+
+    fn string_array(
+        &mut self,
+        problems: &mut Problems<'_>,
+        key: &str,
+    ) -> Option<(Vec<String>, std::ops::Range<usize>)> {
+        let value = self.get(key)?;
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(problems, key, value, "an array of strings");
+            return None;
+        };
+        let mut out = Vec::new();
+        for item in items.iter() {
+            match item.get_ref() {
+                DeValue::String(text) => out.push(text.to_string()),
+                _ => self.wrong_type(problems, key, item, "an array of strings"),
+            }
+        }
+        Some((out, value.span()))
+    }
+
+    /// The `name` key: required, and a valid object-name component.
+    fn name(
+        &mut self,
+        problems: &mut Problems<'_>,
+        span: std::ops::Range<usize>,
+        what: &str,
+    ) -> Option<String> {
+        match self.string(problems, "name") {
+            None => {
+                problems.add(span, format!("{what} has no name; add name = \"...\""));
+                None
+            }
+            Some((name, name_span)) => {
+                if is_valid_name(&name) {
+                    Some(name)
+                } else {
+                    problems.add(
+                        name_span,
+                        format!(
+                            "{what} name {name:?} is invalid; use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+    }
+
+    fn array_of_tables(
+        &mut self,
+        problems: &mut Problems<'_>,
+        key: &str,
+    ) -> Vec<(DeTable<'i>, std::ops::Range<usize>)> {
+        let Some(value) = self.get(key) else {
+            return Vec::new();
+        };
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(
+                problems,
+                key,
+                value,
+                &format!("an array of tables ([[{key}]])"),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items.iter() {
+            match item.get_ref() {
+                DeValue::Table(table) => out.push((table.clone(), item.span())),
+                _ => self.wrong_type(
+                    problems,
+                    key,
+                    item,
+                    &format!("an array of tables ([[{key}]])"),
+                ),
+            }
+        }
+        out
+    }
+
+    /// Reports every key that was not read as unknown.
+    fn finish(self, problems: &mut Problems<'_>) {
+        let mut unknown: BTreeMap<usize, String> = BTreeMap::new();
+        for (name, _) in self.table.iter() {
+            if !self.used.contains(name.get_ref().as_ref()) {
+                unknown.insert(name.span().start, name.get_ref().to_string());
+            }
+        }
+        for (start, name) in unknown {
+            problems.add(
+                start..start,
+                format!("unknown key {name:?} in {}", self.context),
+            );
+        }
+    }
+
+    /// Ends without checking for unknown keys, when the table's type is not
+    /// known and so its keys cannot be judged.
+    fn finish_ignoring_rest(self) {}
+}
+
+fn type_name(value: &DeValue<'_>) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[job]]
+name = "sessions"
+redis_url = "redis://127.0.0.1:6379/"
+targets = ["local"]
+
+[[target]]
+name = "local"
+type = "local"
+path = "/var/backups/sessbackup"
+"#;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        parse(text).expect_err("expected problems")
+    }
+
+    fn messages(text: &str) -> String {
+        problems(text)
+            .iter()
+            .map(|p| format!("{:?}: {}", p.line, p.message))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn minimal_config_uses_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        let job = &config.jobs[0];
+        assert_eq!(job.name, "sessions");
+        assert_eq!(job.compression_level, 3);
+        assert_eq!(job.snapshot_timeout, Duration::from_secs(600));
+        assert_eq!(job.redis.config_command, "CONFIG");
+        assert!(config.warnings.is_empty());
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../config.example.toml");
+        let config = parse(text).unwrap_or_else(|problems| panic!("{problems:?}"));
+        assert!(!config.jobs.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_lines() {
+        let text = MINIMAL.replace(
+            "targets = [\"local\"]",
+            "targets = [\"local\"]\ncompresion_level = 5\nretries = 2",
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].line, Some(6));
+        assert!(found[0].message.contains("compresion_level"));
+        assert_eq!(found[1].line, Some(7));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+[[job]]
+name = "bad name!"
+redis_url = "http://x"
+compression_level = 40
+snapshot_timeout_secs = "ten"
+targets = ["nowhere"]
+
+[[target]]
+name = "t"
+type = "ftp"
+"#;
+        let found = messages(text);
+        for expected in [
+            "name \"bad name!\" is invalid",
+            "scheme \"http\" is not supported",
+            "compression_level 40 is out of range",
+            "snapshot_timeout_secs must be an integer",
+            "target \"nowhere\" is not defined",
+            "unknown type \"ftp\"",
+        ] {
+            assert!(
+                found.contains(expected),
+                "missing {expected:?} in:\n{found}"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let found = problems("[[job]]\nname = \"a\nredis_url = 1\n");
+        assert_eq!(found.len(), 1);
+        assert!(found[0].message.starts_with("TOML syntax error"));
+        assert!(found[0].line.is_some());
+    }
+
+    #[test]
+    fn missing_job_is_reported() {
+        let found = messages("[[target]]\nname = \"local\"\ntype = \"local\"\npath = \"/tmp/x\"\n");
+        assert!(found.contains("no [[job]] table"), "{found}");
+    }
+
+    #[test]
+    fn duplicate_names_are_reported() {
+        let text = format!(
+            "{MINIMAL}\n[[target]]\nname = \"local\"\ntype = \"local\"\npath = \"/tmp/y\"\n"
+        );
+        assert!(messages(&text).contains("used twice"));
+    }
+
+    #[test]
+    fn relative_paths_are_rejected() {
+        let text = MINIMAL.replace("/var/backups/sessbackup", "backups");
+        assert!(messages(&text).contains("must be an absolute path"));
+    }
+
+    #[test]
+    fn password_in_two_places_is_rejected() {
+        let text = MINIMAL
+            .replace("redis://127.0.0.1:6379/", "redis://:pw@127.0.0.1:6379/")
+            .replace(
+                "targets = [",
+                "password_env = \"REDIS_PASSWORD\"\ntargets = [",
+            );
+        let found = messages(&text);
+        assert!(found.contains("keep one"), "{found}");
+        assert!(
+            !found.contains("pw@"),
+            "password leaked into a message: {found}"
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_url_password() {
+        let text = MINIMAL.replace(
+            "redis://127.0.0.1:6379/",
+            "redis://user:s3cr3t@127.0.0.1:6379/",
+        );
+        let config = parse(&text).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+        assert!(
+            config.jobs[0]
+                .redis
+                .url_with_credentials()
+                .contains("s3cr3t")
+        );
+    }
+
+    #[test]
+    fn unused_target_is_a_warning() {
+        let text = format!(
+            "{MINIMAL}\n[[target]]\nname = \"spare\"\ntype = \"local\"\npath = \"/tmp/spare\"\n"
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.warnings.len(), 1);
+        assert!(config.warnings[0].contains("spare"));
+    }
+
+    #[test]
+    fn password_file_drops_trailing_newline() {
+        let dir =
+            std::env::temp_dir().join(format!("sessbackup-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("password");
+        std::fs::write(&path, "p@ss:w%rd\"\n").unwrap();
+        let secret = PasswordSource::File(path).resolve().unwrap();
+        assert_eq!(secret.expose(), "p@ss:w%rd\"");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

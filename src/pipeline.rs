@@ -1,0 +1,571 @@
+//! One backup run: snapshot, then one streaming pass that checks, hashes,
+//! compresses and ships the RDB to every target of the job at once.
+//!
+//! ```text
+//! RDB file ─▶ reader thread ─┬─▶ walker thread (structure, counts, CRC-64)
+//!             SHA-256 of RDB └─▶ zstd encoder ─▶ SHA-256 of artifact ─▶ bounded channel per target
+//! ```
+//!
+//! Memory stays bounded: chunks are 1 MiB, every channel holds a few chunks,
+//! and zstd keeps a window of a few MiB per worker. A slow target slows the
+//! run through back-pressure; a failed target drops out and the others go on.
+//!
+//! Nothing is published unless everything checks out: a target receives the
+//! end marker (and so publishes the artifact) only after the walker accepted
+//! the whole RDB and the snapshot proved fresh; the manifest follows the
+//! artifact on each target.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::config::Job;
+use crate::manifest::{self, Manifest};
+use crate::rdb;
+use crate::source::{self, RedisSource};
+use crate::target::{self, Chunk, Target};
+
+/// Size of the chunks read from the RDB file and sent to targets.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Chunks buffered per channel.
+const CHANNEL_CHUNKS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("snapshot failed: {0}")]
+    Source(#[from] source::Error),
+    #[error("the RDB file failed its check, nothing was published: {0}")]
+    Invalid(rdb::Error),
+    #[error("reading the RDB file {path} failed: {message}")]
+    Read { path: String, message: String },
+    #[error("compression failed: {0}")]
+    Compress(String),
+    #[error(
+        "snapshot is not fresh: the RDB file says it was written at {ctime} (Unix seconds), before the save was \
+         requested at {requested}; the file at {path} is not the one Redis just saved (check rdb_path, or Redis's \
+         dir and dbfilename); nothing was published"
+    )]
+    NotFresh {
+        path: String,
+        ctime: i64,
+        requested: i64,
+    },
+    #[error(
+        "RDB file {path} changed size while it was read ({expected} bytes when opened, {read} read)"
+    )]
+    Changed {
+        path: String,
+        expected: u64,
+        read: u64,
+    },
+    #[error("no target stored the backup: {0}")]
+    AllTargetsFailed(String),
+}
+
+/// Outcome on one target.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TargetOutcome {
+    pub target: String,
+    pub published: bool,
+    pub error: Option<String>,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunReport {
+    pub id: String,
+    pub job: String,
+    pub rdb_bytes: u64,
+    pub artifact_bytes: u64,
+    pub keys: u64,
+    pub duration_ms: u64,
+    pub targets: Vec<TargetOutcome>,
+    pub manifest: Manifest,
+}
+
+impl RunReport {
+    pub fn all_published(&self) -> bool {
+        self.targets.iter().all(|outcome| outcome.published)
+    }
+}
+
+/// Runs one backup of `job` to `targets`.
+pub async fn run_backup(
+    job: &Job,
+    source: &RedisSource,
+    targets: &[Arc<dyn Target>],
+) -> Result<RunReport, Error> {
+    let requested_at = OffsetDateTime::now_utc();
+    let id = manifest::new_backup_id(requested_at);
+    let span = tracing::info_span!("run", job = %job.name, backup_id = %id);
+    run(job, source, targets, id, requested_at)
+        .instrument(span)
+        .await
+}
+
+async fn run(
+    job: &Job,
+    source: &RedisSource,
+    targets: &[Arc<dyn Target>],
+    id: String,
+    requested_at: OffsetDateTime,
+) -> Result<RunReport, Error> {
+    let started = Instant::now();
+    tracing::info!(redis = %source.display_url(), targets = targets.len(), "backup started");
+
+    let snapshot = source.take_snapshot(job.snapshot_timeout).await?;
+    tracing::info!(
+        path = %snapshot.path.display(),
+        bytes = snapshot.size,
+        waited_for_running_save = snapshot.waited_for_running_save,
+        scheduled = snapshot.scheduled,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "snapshot written"
+    );
+
+    let artifact =
+        manifest::artifact_name(&job.name, &id).expect("job names are valid object name parts");
+    let mut uploads = Vec::new();
+    let mut senders = Vec::new();
+    for target in targets {
+        let (sender, receiver) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
+        let target = Arc::clone(target);
+        let name = artifact.clone();
+        uploads.push(tokio::spawn(async move {
+            target.put_stream(&name, receiver).await
+        }));
+        senders.push(Some(sender));
+    }
+
+    let level = job.compression_level;
+    let snapshot_path = snapshot.path.display().to_string();
+    let size = snapshot.size;
+    let requested_at_server = snapshot.requested_at_server_secs;
+    let server = snapshot.server.clone();
+    let rdb_saves = snapshot.rdb_saves;
+    let file = snapshot.file;
+    let streamed = tokio::task::spawn_blocking(move || stream_rdb(file, size, level, senders))
+        .await
+        .expect("streaming thread panicked");
+    let (pass, senders) = match streamed {
+        Ok(result) => result,
+        Err(err) => {
+            abandon(uploads).await;
+            return Err(match err {
+                StreamError::Read(message) => Error::Read {
+                    path: snapshot_path,
+                    message,
+                },
+                StreamError::Compress(message) => Error::Compress(message),
+            });
+        }
+    };
+
+    let summary = match pass.summary {
+        Ok(summary) => summary,
+        Err(failure) => {
+            drop(senders);
+            abandon(uploads).await;
+            return Err(Error::Invalid(failure.error));
+        }
+    };
+    let rejection = if pass.rdb_bytes != size {
+        Some(Error::Changed {
+            path: snapshot_path.clone(),
+            expected: size,
+            read: pass.rdb_bytes,
+        })
+    } else {
+        freshness_error(&summary, &snapshot_path, requested_at_server)
+    };
+    if let Some(err) = rejection {
+        drop(senders);
+        abandon(uploads).await;
+        return Err(err);
+    }
+    if summary.aux_field("ctime").is_none() {
+        tracing::warn!(
+            "the RDB file has no ctime field; freshness rests on the save counter alone"
+        );
+    }
+    if summary.trailing_bytes > 0 {
+        tracing::warn!(
+            bytes = summary.trailing_bytes,
+            "the RDB file has bytes after its checksum; Redis ignores them"
+        );
+    }
+    if let Some(rdb::Checksum::Disabled) = summary.checksum {
+        tracing::warn!(
+            "the RDB file was saved with rdbchecksum no: its content has no CRC-64 to check"
+        );
+    }
+
+    // Everything checked: let each target publish the artifact.
+    for sender in senders.into_iter().flatten() {
+        let _ = sender
+            .send(Chunk::End {
+                bytes: pass.artifact_bytes,
+            })
+            .await;
+    }
+    let mut outcomes = Vec::new();
+    for (target, upload) in targets.iter().zip(uploads) {
+        let result = upload.await.expect("upload task panicked");
+        outcomes.push((Arc::clone(target), result));
+    }
+
+    let finished_at = OffsetDateTime::now_utc();
+    let manifest = Manifest {
+        format: manifest::FORMAT.to_string(),
+        version: manifest::VERSION,
+        id: id.clone(),
+        job: job.name.clone(),
+        created_at: manifest::rfc3339(requested_at),
+        finished_at: manifest::rfc3339(finished_at),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        redis: manifest::RedisInfo {
+            url: source.display_url().to_string(),
+            version: server.version.clone(),
+            role: server.role.clone(),
+            rdb_saves,
+        },
+        rdb: manifest::RdbInfo::from_summary(&summary, pass.rdb_bytes, pass.rdb_sha256.clone()),
+        artifact: manifest::ArtifactInfo {
+            name: artifact.to_string(),
+            bytes: pass.artifact_bytes,
+            sha256: pass.artifact_sha256.clone(),
+            compression: manifest::Compression {
+                algorithm: "zstd".to_string(),
+                level,
+            },
+        },
+    };
+    let manifest_name =
+        manifest::manifest_name(&job.name, &id).expect("job names are valid object name parts");
+    let manifest_json = Bytes::from(manifest.to_json());
+
+    let mut reports = Vec::new();
+    for (target, result) in outcomes {
+        let outcome = match result {
+            Ok(stored) if stored == pass.artifact_bytes => {
+                match target
+                    .put_bytes(&manifest_name, manifest_json.clone())
+                    .await
+                {
+                    Ok(()) => TargetOutcome {
+                        target: target.name().to_string(),
+                        published: true,
+                        error: None,
+                    },
+                    Err(err) => {
+                        // Without its manifest the artifact is invisible; remove it too.
+                        let _ = target.delete(&artifact).await;
+                        TargetOutcome {
+                            target: target.name().to_string(),
+                            published: false,
+                            error: Some(err.to_string()),
+                        }
+                    }
+                }
+            }
+            Ok(stored) => TargetOutcome {
+                target: target.name().to_string(),
+                published: false,
+                error: Some(format!(
+                    "stored {stored} bytes, expected {}",
+                    pass.artifact_bytes
+                )),
+            },
+            Err(err) => TargetOutcome {
+                target: target.name().to_string(),
+                published: false,
+                error: Some(err.to_string()),
+            },
+        };
+        match &outcome.error {
+            None => tracing::info!(target = %outcome.target, "backup published"),
+            Some(error) => {
+                tracing::error!(target = %outcome.target, error = %error, "target failed; this target has no new backup")
+            }
+        }
+        reports.push(outcome);
+    }
+
+    let duration = started.elapsed();
+    let ratio = if pass.artifact_bytes > 0 {
+        pass.rdb_bytes as f64 / pass.artifact_bytes as f64
+    } else {
+        0.0
+    };
+    let mib_per_sec =
+        pass.rdb_bytes as f64 / (1024.0 * 1024.0) / pass.duration.as_secs_f64().max(1e-9);
+    tracing::info!(
+        rdb_bytes = pass.rdb_bytes,
+        artifact_bytes = pass.artifact_bytes,
+        ratio = format!("{ratio:.2}"),
+        throughput_mib_s = format!("{mib_per_sec:.1}"),
+        keys = summary.keys(),
+        duration_ms = duration.as_millis() as u64,
+        published = reports.iter().filter(|outcome| outcome.published).count(),
+        failed = reports.iter().filter(|outcome| !outcome.published).count(),
+        "backup finished"
+    );
+
+    if !reports.iter().any(|outcome| outcome.published) {
+        let reasons: Vec<String> = reports
+            .iter()
+            .map(|outcome| {
+                format!(
+                    "{}: {}",
+                    outcome.target,
+                    outcome.error.as_deref().unwrap_or("unknown")
+                )
+            })
+            .collect();
+        return Err(Error::AllTargetsFailed(reasons.join("; ")));
+    }
+    Ok(RunReport {
+        id,
+        job: job.name.clone(),
+        rdb_bytes: pass.rdb_bytes,
+        artifact_bytes: pass.artifact_bytes,
+        keys: summary.keys(),
+        duration_ms: duration.as_millis() as u64,
+        targets: reports,
+        manifest,
+    })
+}
+
+fn freshness_error(summary: &rdb::Summary, path: &str, requested: i64) -> Option<Error> {
+    let ctime = summary.aux_field("ctime")?.parse::<i64>().ok()?;
+    (ctime < requested).then(|| Error::NotFresh {
+        path: path.to_string(),
+        ctime,
+        requested,
+    })
+}
+
+/// Lets every upload see the channel close without an end marker, so it
+/// removes what it staged, and waits for them.
+async fn abandon(uploads: Vec<tokio::task::JoinHandle<target::Result<u64>>>) {
+    for upload in uploads {
+        let _ = upload.await;
+    }
+}
+
+/// Results of the streaming pass.
+pub struct Pass {
+    pub rdb_bytes: u64,
+    pub rdb_sha256: String,
+    pub artifact_bytes: u64,
+    pub artifact_sha256: String,
+    pub summary: Result<rdb::Summary, rdb::Failure>,
+    pub duration: Duration,
+}
+
+enum StreamError {
+    Read(String),
+    Compress(String),
+}
+
+/// Reads the RDB once: hashes it, walks it on a second thread, compresses it
+/// and hands the artifact to every live sender. Returns the senders so the
+/// caller decides whether to send the end marker.
+fn stream_rdb(
+    mut file: std::fs::File,
+    size: u64,
+    level: i32,
+    senders: Vec<Option<mpsc::Sender<Chunk>>>,
+) -> Result<(Pass, Vec<Option<mpsc::Sender<Chunk>>>), StreamError> {
+    let started = Instant::now();
+    let (walk_sender, walk_receiver) = std_mpsc::sync_channel::<Bytes>(CHANNEL_CHUNKS);
+    let walker = std::thread::Builder::new()
+        .name("rdb-walker".to_string())
+        .spawn(move || rdb::walk(ChannelReader::new(walk_receiver)))
+        .expect("spawn walker thread");
+
+    let fan_out = FanOut::new(senders);
+    let mut encoder = zstd::stream::write::Encoder::new(fan_out, level)
+        .map_err(|err| StreamError::Compress(err.to_string()))?;
+    configure_encoder(&mut encoder, size).map_err(|err| StreamError::Compress(err.to_string()))?;
+
+    let mut rdb_hash = Sha256::new();
+    let mut rdb_bytes: u64 = 0;
+    let mut walker_alive = true;
+    let read_result: Result<(), StreamError> = loop {
+        let mut buffer = BytesMut::zeroed(CHUNK_BYTES);
+        let read = match read_full(&mut file, &mut buffer) {
+            Ok(read) => read,
+            Err(err) => break Err(StreamError::Read(err.to_string())),
+        };
+        if read == 0 {
+            break Ok(());
+        }
+        buffer.truncate(read);
+        let chunk = buffer.freeze();
+        rdb_hash.update(&chunk);
+        rdb_bytes += read as u64;
+        if walker_alive && walk_sender.send(chunk.clone()).is_err() {
+            // The walker stopped at an error; it has its verdict. Keep
+            // reading so the size and hash cover the whole file.
+            walker_alive = false;
+        }
+        if encoder.get_ref().live() > 0 {
+            if let Err(err) = encoder.write_all(&chunk) {
+                break Err(StreamError::Compress(err.to_string()));
+            }
+        }
+    };
+    drop(walk_sender);
+    let summary = walker.join().expect("walker thread panicked");
+    read_result?;
+
+    let fan_out = encoder
+        .finish()
+        .map_err(|err| StreamError::Compress(err.to_string()))?;
+    let (artifact_bytes, artifact_sha256, senders) = fan_out
+        .finish()
+        .map_err(|err| StreamError::Compress(err.to_string()))?;
+    let pass = Pass {
+        rdb_bytes,
+        rdb_sha256: hex::encode(rdb_hash.finalize()),
+        artifact_bytes,
+        artifact_sha256,
+        summary,
+        duration: started.elapsed(),
+    };
+    Ok((pass, senders))
+}
+
+fn configure_encoder<W: Write>(
+    encoder: &mut zstd::stream::write::Encoder<'static, W>,
+    size: u64,
+) -> io::Result<()> {
+    // A frame checksum lets zstd itself notice damage when decompressing.
+    encoder.include_checksum(true)?;
+    encoder.set_pledged_src_size(Some(size))?;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8) as u32;
+    if workers > 1 {
+        encoder.multithread(workers)?;
+    }
+    Ok(())
+}
+
+/// Reads until `buffer` is full or the file ends.
+fn read_full(file: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
+}
+
+/// The zstd encoder's output: counted, hashed, cut into chunks and sent to
+/// every target still alive.
+struct FanOut {
+    hash: Sha256,
+    bytes: u64,
+    pending: BytesMut,
+    senders: Vec<Option<mpsc::Sender<Chunk>>>,
+}
+
+impl FanOut {
+    fn new(senders: Vec<Option<mpsc::Sender<Chunk>>>) -> Self {
+        FanOut {
+            hash: Sha256::new(),
+            bytes: 0,
+            pending: BytesMut::with_capacity(CHUNK_BYTES),
+            senders,
+        }
+    }
+
+    /// Targets still receiving.
+    fn live(&self) -> usize {
+        self.senders
+            .iter()
+            .filter(|sender| sender.is_some())
+            .count()
+    }
+
+    fn send_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let chunk = self.pending.split().freeze();
+        for slot in &mut self.senders {
+            if let Some(sender) = slot {
+                // A closed channel means that target failed; it reports why.
+                if sender.blocking_send(Chunk::Data(chunk.clone())).is_err() {
+                    *slot = None;
+                }
+            }
+        }
+        self.pending.reserve(CHUNK_BYTES);
+    }
+
+    fn finish(mut self) -> io::Result<(u64, String, Vec<Option<mpsc::Sender<Chunk>>>)> {
+        self.send_pending();
+        Ok((self.bytes, hex::encode(self.hash.finalize()), self.senders))
+    }
+}
+
+impl Write for FanOut {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.hash.update(data);
+        self.bytes += data.len() as u64;
+        self.pending.extend_from_slice(data);
+        if self.pending.len() >= CHUNK_BYTES {
+            self.send_pending();
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `io::Read` over chunks arriving on a channel; ends when the sender is dropped.
+pub struct ChannelReader {
+    receiver: std_mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    pub fn new(receiver: std_mpsc::Receiver<Bytes>) -> Self {
+        ChannelReader {
+            receiver,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.receiver.recv() {
+                Ok(chunk) => self.current = chunk,
+                Err(_) => return Ok(0),
+            }
+        }
+        let take = self.current.len().min(out.len());
+        out[..take].copy_from_slice(&self.current[..take]);
+        let _ = self.current.split_to(take);
+        Ok(take)
+    }
+}
