@@ -123,10 +123,7 @@ pub fn main() -> ExitCode {
     // provider; installing it once avoids a panic when two are linked.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -139,18 +136,11 @@ pub fn main() -> ExitCode {
 
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.with_target(false).init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
     }
 }
 
@@ -171,31 +161,12 @@ async fn run(cli: Cli) -> u8 {
             }
             match cli.command {
                 Command::Backup { job, json } => backup(&config, job.as_deref(), json).await,
-                Command::List { job, target, json } => {
-                    list(&config, job.as_deref(), target.as_deref(), json).await
+                Command::List { job, target, json } => list(&config, job.as_deref(), target.as_deref(), json).await,
+                Command::Verify { job, target, backup, json } => {
+                    verify(&config, job.as_deref(), target.as_deref(), &backup, json).await
                 }
-                Command::Verify {
-                    job,
-                    target,
-                    backup,
-                    json,
-                } => verify(&config, job.as_deref(), target.as_deref(), &backup, json).await,
-                Command::Restore {
-                    job,
-                    target,
-                    backup,
-                    to,
-                    force,
-                } => {
-                    restore(
-                        &config,
-                        job.as_deref(),
-                        target.as_deref(),
-                        &backup,
-                        &to,
-                        force,
-                    )
-                    .await
+                Command::Restore { job, target, backup, to, force } => {
+                    restore(&config, job.as_deref(), target.as_deref(), &backup, &to, force).await
                 }
                 Command::Inspect { .. } | Command::Check { .. } => unreachable!("handled above"),
             }
@@ -212,9 +183,7 @@ async fn run(cli: Cli) -> u8 {
 
 /// Builds the target named `name`.
 pub fn build_target(config: &Config, name: &str) -> anyhow::Result<Arc<dyn Target>> {
-    let target = config
-        .target(name)
-        .ok_or_else(|| anyhow!("target {name:?} is not defined in the configuration"))?;
+    let target = config.target(name).ok_or_else(|| anyhow!("target {name:?} is not defined in the configuration"))?;
     Ok(match &target.kind {
         TargetKind::Local { path } => Arc::new(LocalTarget::new(target.name.clone(), path.clone())),
     })
@@ -247,10 +216,7 @@ async fn backup(config: &Config, job_name: Option<&str>, json: bool) -> anyhow::
         }
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reports).expect("JSON values serialize")
-        );
+        println!("{}", serde_json::to_string_pretty(&reports).expect("JSON values serialize"));
     }
     Ok(if failed { EXIT_FAILURE } else { 0 })
 }
@@ -261,11 +227,7 @@ async fn backup_job(config: &Config, job: &config::Job) -> anyhow::Result<pipeli
         None => None,
     };
     let source = RedisSource::new(&job.redis, password, job.rdb_path.clone())?;
-    let targets = job
-        .targets
-        .iter()
-        .map(|name| build_target(config, name))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let targets = job.targets.iter().map(|name| build_target(config, name)).collect::<anyhow::Result<Vec<_>>>()?;
     Ok(pipeline::run_backup(job, &source, &targets).await?)
 }
 
@@ -281,51 +243,29 @@ fn print_run(report: &pipeline::RunReport) {
                 human_bytes(report.artifact_bytes),
                 report.keys
             ),
-            Some(error) => println!(
-                "{} {}: NOT published to {}: {error}",
-                report.job, report.id, outcome.target
-            ),
+            Some(error) => println!("{} {}: NOT published to {}: {error}", report.job, report.id, outcome.target),
         }
     }
 }
 
 fn unknown_job(config: &Config, name: &str) -> anyhow::Error {
     let known: Vec<&str> = config.jobs.iter().map(|job| job.name.as_str()).collect();
-    anyhow!(
-        "job {name:?} is not defined; jobs in the configuration: {}",
-        known.join(", ")
-    )
+    anyhow!("job {name:?} is not defined; jobs in the configuration: {}", known.join(", "))
 }
 
 /// Targets to search: the named one, else the job's targets in order, else all.
-fn candidate_targets(
-    config: &Config,
-    job: Option<&str>,
-    target: Option<&str>,
-) -> anyhow::Result<Vec<Arc<dyn Target>>> {
+fn candidate_targets(config: &Config, job: Option<&str>, target: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Target>>> {
     if let Some(name) = target {
         return Ok(vec![build_target(config, name)?]);
     }
     let names: Vec<String> = match job.and_then(|name| config.job(name)) {
         Some(job) => job.targets.clone(),
-        None => config
-            .targets
-            .iter()
-            .map(|target| target.name.clone())
-            .collect(),
+        None => config.targets.iter().map(|target| target.name.clone()).collect(),
     };
-    names
-        .iter()
-        .map(|name| build_target(config, name))
-        .collect()
+    names.iter().map(|name| build_target(config, name)).collect()
 }
 
-async fn list(
-    config: &Config,
-    job: Option<&str>,
-    target: Option<&str>,
-    json: bool,
-) -> anyhow::Result<u8> {
+async fn list(config: &Config, job: Option<&str>, target: Option<&str>, json: bool) -> anyhow::Result<u8> {
     let mut rows = Vec::new();
     for target in candidate_targets(config, job, target)? {
         let (backups, warnings) = restore::list_backups(&target, job)
@@ -336,18 +276,10 @@ async fn list(
         }
         rows.extend(backups);
     }
-    rows.sort_by(|a, b| {
-        b.manifest
-            .id
-            .cmp(&a.manifest.id)
-            .then_with(|| a.target.name().cmp(b.target.name()))
-    });
+    rows.sort_by(|a, b| b.manifest.id.cmp(&a.manifest.id).then_with(|| a.target.name().cmp(b.target.name())));
     if json {
         let values: Vec<serde_json::Value> = rows.iter().map(list_entry).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&values).expect("JSON values serialize")
-        );
+        println!("{}", serde_json::to_string_pretty(&values).expect("JSON values serialize"));
         return Ok(0);
     }
     if rows.is_empty() {
@@ -403,10 +335,7 @@ async fn select_backup(
 ) -> anyhow::Result<Backup> {
     if let Some(name) = job {
         if config.job(name).is_none() && target.is_none() {
-            tracing::warn!(
-                job = name,
-                "job is not in the configuration; searching every target"
-            );
+            tracing::warn!(job = name, "job is not in the configuration; searching every target");
         }
     }
     let mut searched = Vec::new();
@@ -419,10 +348,8 @@ async fn select_backup(
         }
         searched.push(target.name().to_string());
         let found = if which == "latest" {
-            let jobs: std::collections::BTreeSet<&str> = backups
-                .iter()
-                .map(|backup| backup.manifest.job.as_str())
-                .collect();
+            let jobs: std::collections::BTreeSet<&str> =
+                backups.iter().map(|backup| backup.manifest.job.as_str()).collect();
             if jobs.len() > 1 {
                 bail!(
                     "target {} holds backups of several jobs ({}); pass --job to choose",
@@ -432,9 +359,7 @@ async fn select_backup(
             }
             backups.into_iter().next()
         } else {
-            backups
-                .into_iter()
-                .find(|backup| backup.manifest.id == which)
+            backups.into_iter().find(|backup| backup.manifest.id == which)
         };
         if let Some(backup) = found {
             eprintln!(
@@ -446,11 +371,7 @@ async fn select_backup(
             return Ok(backup);
         }
     }
-    let what = if which == "latest" {
-        "no backup".to_string()
-    } else {
-        format!("no backup with id {which}")
-    };
+    let what = if which == "latest" { "no backup".to_string() } else { format!("no backup with id {which}") };
     bail!(
         "{what}{} found on target(s) {}; run `sessbackup list` to see what exists",
         job.map(|job| format!(" of job {job}")).unwrap_or_default(),
@@ -470,20 +391,14 @@ async fn verify(
     if json {
         let mut value = serde_json::to_value(&verification).expect("verification serializes");
         value["ok"] = verification.ok().into();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).expect("JSON values serialize")
-        );
+        println!("{}", serde_json::to_string_pretty(&value).expect("JSON values serialize"));
     } else {
         for check in &verification.checks {
             let mark = if check.ok { "ok  " } else { "FAIL" };
             if check.ok {
                 println!("{mark} {}: {}", check.what, check.actual);
             } else {
-                println!(
-                    "{mark} {}: expected {}, found {}",
-                    check.what, check.expected, check.actual
-                );
+                println!("{mark} {}: expected {}, found {}", check.what, check.expected, check.actual);
             }
         }
         for error in &verification.errors {
@@ -493,11 +408,7 @@ async fn verify(
             "backup {} on {}: {}",
             verification.id,
             verification.target,
-            if verification.ok() {
-                "verified"
-            } else {
-                "FAILED verification"
-            }
+            if verification.ok() { "verified" } else { "FAILED verification" }
         );
     }
     Ok(if verification.ok() { 0 } else { EXIT_FAILURE })
@@ -564,13 +475,9 @@ fn inspect(path: &Path, json: bool) -> u8 {
         }
         if let Some(error) = error {
             value["checksum"] = serde_json::Value::Null;
-            value["error"] =
-                serde_json::json!({ "offset": error.offset, "message": error.message });
+            value["error"] = serde_json::json!({ "offset": error.offset, "message": error.message });
         }
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).expect("JSON values serialize")
-        );
+        println!("{}", serde_json::to_string_pretty(&value).expect("JSON values serialize"));
     } else {
         println!("file: {}", path.display());
         if summary.version > 0 {
@@ -584,27 +491,16 @@ fn inspect(path: &Path, json: bool) -> u8 {
             println!("aux {key}: {value}");
         }
         for (db, counts) in &summary.databases {
-            println!(
-                "db {db}: {} keys, {} with expiry",
-                counts.keys, counts.expires
-            );
+            println!("db {db}: {} keys, {} with expiry", counts.keys, counts.expires);
         }
-        let types: Vec<String> = summary
-            .types
-            .iter()
-            .map(|(name, count)| format!("{name} {count}"))
-            .collect();
+        let types: Vec<String> = summary.types.iter().map(|(name, count)| format!("{name} {count}")).collect();
         if !types.is_empty() {
             println!("types: {}", types.join(", "));
         }
         if summary.functions > 0 {
             println!("function libraries: {}", summary.functions);
         }
-        println!(
-            "total: {} keys, {} with expiry",
-            summary.keys(),
-            summary.expires()
-        );
+        println!("total: {} keys, {} with expiry", summary.keys(), summary.expires());
         if error.is_none() {
             match summary.checksum {
                 Some(rdb::Checksum::Verified(crc)) => {
@@ -613,16 +509,10 @@ fn inspect(path: &Path, json: bool) -> u8 {
                 Some(rdb::Checksum::Disabled) => {
                     println!("checksum: none (saved with rdbchecksum no)")
                 }
-                _ => println!(
-                    "checksum: none (RDB version {} has no checksum)",
-                    summary.version
-                ),
+                _ => println!("checksum: none (RDB version {} has no checksum)", summary.version),
             }
             if summary.trailing_bytes > 0 {
-                println!(
-                    "note: {} bytes after the checksum (Redis ignores them)",
-                    summary.trailing_bytes
-                );
+                println!("note: {} bytes after the checksum (Redis ignores them)", summary.trailing_bytes);
             }
             if summary.unchecked_collections > 0 {
                 println!(
@@ -634,10 +524,7 @@ fn inspect(path: &Path, json: bool) -> u8 {
         }
         match error {
             None => println!("verdict: valid"),
-            Some(error) => println!(
-                "verdict: INVALID at offset {}: {}",
-                error.offset, error.message
-            ),
+            Some(error) => println!("verdict: INVALID at offset {}: {}", error.offset, error.message),
         }
     }
     match error {
@@ -659,11 +546,7 @@ async fn check(path: &Path, probe: bool) -> u8 {
     }
     let problems = config.check_environment();
     if !problems.is_empty() {
-        eprintln!(
-            "invalid configuration {} ({} problems)",
-            path.display(),
-            problems.len()
-        );
+        eprintln!("invalid configuration {} ({} problems)", path.display(), problems.len());
         for problem in &problems {
             eprintln!("  {problem}");
         }
@@ -672,20 +555,13 @@ async fn check(path: &Path, probe: bool) -> u8 {
     let mut failed = false;
     if probe {
         for job in &config.jobs {
-            let password = job
-                .redis
-                .password
-                .as_ref()
-                .map(|source| source.resolve())
-                .transpose();
+            let password = job.redis.password.as_ref().map(|source| source.resolve()).transpose();
             let result = match password {
                 Err(message) => Err(anyhow!(message)),
-                Ok(password) => {
-                    match RedisSource::new(&job.redis, password, job.rdb_path.clone()) {
-                        Ok(source) => source.probe().await.map_err(anyhow::Error::from),
-                        Err(err) => Err(err.into()),
-                    }
-                }
+                Ok(password) => match RedisSource::new(&job.redis, password, job.rdb_path.clone()) {
+                    Ok(source) => source.probe().await.map_err(anyhow::Error::from),
+                    Err(err) => Err(err.into()),
+                },
             };
             match result {
                 Ok(info) => println!(
@@ -719,11 +595,7 @@ fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 #[cfg(test)]

@@ -100,20 +100,13 @@ impl PasswordSource {
                 Err(std::env::VarError::NotPresent) => Err(format!(
                     "environment variable {name} (password_env) is not set; export it or use password_file"
                 )),
-                Err(std::env::VarError::NotUnicode(_)) => Err(format!(
-                    "environment variable {name} (password_env) is not valid UTF-8"
-                )),
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    Err(format!("environment variable {name} (password_env) is not valid UTF-8"))
+                }
             },
             PasswordSource::File(path) => match std::fs::read_to_string(path) {
-                Ok(text) => Ok(Secret::new(
-                    text.strip_suffix('\n')
-                        .unwrap_or(&text)
-                        .trim_end_matches('\r'),
-                )),
-                Err(err) => Err(format!(
-                    "cannot read password_file {}: {err}",
-                    path.display()
-                )),
+                Ok(text) => Ok(Secret::new(text.strip_suffix('\n').unwrap_or(&text).trim_end_matches('\r'))),
+                Err(err) => Err(format!("cannot read password_file {}: {err}", path.display())),
             },
         }
     }
@@ -152,11 +145,7 @@ impl Config {
             }
             if let Some(path) = &job.redis.tls_ca_file {
                 if let Err(err) = std::fs::metadata(path) {
-                    problems.push(format!(
-                        "job {:?}: cannot read tls_ca_file {}: {err}",
-                        job.name,
-                        path.display()
-                    ));
+                    problems.push(format!("job {:?}: cannot read tls_ca_file {}: {err}", job.name, path.display()));
                 }
             }
         }
@@ -166,11 +155,7 @@ impl Config {
                     let existing = path.ancestors().find(|dir| dir.exists());
                     if let Some(dir) = existing {
                         if !dir.is_dir() {
-                            problems.push(format!(
-                                "target {:?}: {} is not a directory",
-                                target.name,
-                                dir.display()
-                            ));
+                            problems.push(format!("target {:?}: {} is not a directory", target.name, dir.display()));
                         }
                     }
                 }
@@ -229,26 +214,17 @@ pub fn load(path: &Path) -> Result<Config, Error> {
             },
         }],
     })?;
-    parse(&text).map_err(|problems| Error {
-        path: path.to_path_buf(),
-        problems,
-    })
+    parse(&text).map_err(|problems| Error { path: path.to_path_buf(), problems })
 }
 
 /// Validates configuration text; returns every problem found.
 pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-    let mut problems = Problems {
-        text,
-        list: Vec::new(),
-    };
+    let mut problems = Problems { text, list: Vec::new() };
     let document = match DeTable::parse(text) {
         Ok(document) => document,
         Err(err) => {
             let line = err.span().map(|span| line_of(text, span.start));
-            problems.list.push(Problem {
-                line,
-                message: format!("TOML syntax error: {}", err.message()),
-            });
+            problems.list.push(Problem { line, message: format!("TOML syntax error: {}", err.message()) });
             return Err(problems.list);
         }
     };
@@ -261,18 +237,15 @@ pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     let mut targets = Vec::new();
     let mut target_names = HashSet::new();
     for (table, span) in &target_tables {
-        if let Some(target) = parse_target(table, span.clone(), &mut problems) {
-            if !target_names.insert(target.name.clone()) {
-                problems.add(
-                    span.clone(),
-                    format!(
-                        "target name {:?} is used twice; names must be unique",
-                        target.name
-                    ),
-                );
+        let (name, target) = parse_target(table, span.clone(), &mut problems);
+        if let Some(name) = name {
+            // A target with other problems still counts as defined, so jobs
+            // naming it get no second, misleading "not defined" problem.
+            if !target_names.insert(name.clone()) {
+                problems.add(span.clone(), format!("target name {name:?} is used twice; names must be unique"));
             }
-            targets.push(target);
         }
+        targets.extend(target);
     }
 
     let mut jobs = Vec::new();
@@ -280,13 +253,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     for (table, span) in &job_tables {
         if let Some(job) = parse_job(table, span.clone(), &target_names, &mut problems) {
             if !job_names.insert(job.name.clone()) {
-                problems.add(
-                    span.clone(),
-                    format!(
-                        "job name {:?} is used twice; names must be unique",
-                        job.name
-                    ),
-                );
+                problems.add(span.clone(), format!("job name {:?} is used twice; names must be unique", job.name));
             }
             jobs.push(job);
         }
@@ -294,8 +261,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     if job_tables.is_empty() {
         problems.list.push(Problem {
             line: None,
-            message: "no [[job]] table: define at least one job (see config.example.toml)"
-                .to_string(),
+            message: "no [[job]] table: define at least one job (see config.example.toml)".to_string(),
         });
     }
 
@@ -307,15 +273,9 @@ pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     }
 
     if problems.list.is_empty() {
-        Ok(Config {
-            jobs,
-            targets,
-            warnings,
-        })
+        Ok(Config { jobs, targets, warnings })
     } else {
-        problems
-            .list
-            .sort_by_key(|problem| problem.line.unwrap_or(usize::MAX));
+        problems.list.sort_by_key(|problem| problem.line.unwrap_or(usize::MAX));
         Err(problems.list)
     }
 }
@@ -348,16 +308,16 @@ fn parse_job(
 
     let url = match url {
         None => {
-            problems.add(span.clone(), format!("{context}: redis_url is missing; for example redis_url = \"redis://127.0.0.1:6379/\""));
+            problems.add(
+                span.clone(),
+                format!("{context}: redis_url is missing; for example redis_url = \"redis://127.0.0.1:6379/\""),
+            );
             None
         }
         Some((url, url_span)) => match check_redis_url(&url) {
             Ok(has_password) => Some((url, url_span, has_password)),
             Err(message) => {
-                problems.add(
-                    url_span,
-                    format!("{context}: redis_url {:?}: {message}", redact_url(&url)),
-                );
+                problems.add(url_span, format!("{context}: redis_url {:?}: {message}", redact_url(&url)));
                 None
             }
         },
@@ -365,27 +325,18 @@ fn parse_job(
 
     let password = match (&password_env, &password_file) {
         (Some((_, span)), Some(_)) => {
-            problems.add(
-                span.clone(),
-                format!("{context}: set password_env or password_file, not both"),
-            );
+            problems.add(span.clone(), format!("{context}: set password_env or password_file, not both"));
             None
         }
         (Some((name, span)), None) => {
             if name.is_empty() {
-                problems.add(
-                    span.clone(),
-                    format!("{context}: password_env is empty; name an environment variable"),
-                );
+                problems.add(span.clone(), format!("{context}: password_env is empty; name an environment variable"));
             }
             Some(PasswordSource::Env(name.clone()))
         }
         (None, Some((path, span))) => {
             if !Path::new(path).is_absolute() {
-                problems.add(
-                    span.clone(),
-                    format!("{context}: password_file {path:?} must be an absolute path"),
-                );
+                problems.add(span.clone(), format!("{context}: password_file {path:?} must be an absolute path"));
             }
             Some(PasswordSource::File(PathBuf::from(path)))
         }
@@ -400,9 +351,7 @@ fn parse_job(
     if let (Some((_, span)), None, Some((_, _, false))) = (&username, &password, &url) {
         problems.add(
             span.clone(),
-            format!(
-                "{context}: username is set without a password; set password_env or password_file"
-            ),
+            format!("{context}: username is set without a password; set password_env or password_file"),
         );
     }
 
@@ -414,20 +363,17 @@ fn parse_job(
         DEFAULT_SNAPSHOT_TIMEOUT_SECS,
         7 * 86_400,
     );
-    let connect_timeout = seconds(
-        problems,
-        &context,
-        "connect_timeout_secs",
-        connect_timeout,
-        DEFAULT_CONNECT_TIMEOUT_SECS,
-        3600,
-    );
+    let connect_timeout =
+        seconds(problems, &context, "connect_timeout_secs", connect_timeout, DEFAULT_CONNECT_TIMEOUT_SECS, 3600);
 
     let compression_level = match compression_level {
         None => DEFAULT_COMPRESSION_LEVEL,
         Some((level, span)) => {
             if !(1..=19).contains(&level) {
-                problems.add(span, format!("{context}: compression_level {level} is out of range; use 1 (fastest) to 19 (smallest)"));
+                problems.add(
+                    span,
+                    format!("{context}: compression_level {level} is out of range; use 1 (fastest) to 19 (smallest)"),
+                );
             }
             level as i32
         }
@@ -437,10 +383,7 @@ fn parse_job(
         if Path::new(&path).is_absolute() {
             Some(PathBuf::from(path))
         } else {
-            problems.add(
-                span,
-                format!("{context}: rdb_path {path:?} must be an absolute path"),
-            );
+            problems.add(span, format!("{context}: rdb_path {path:?} must be an absolute path"));
             None
         }
     });
@@ -449,10 +392,7 @@ fn parse_job(
         None => "CONFIG".to_string(),
         Some((command, span)) => {
             if command.is_empty() || command.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                problems.add(
-                    span,
-                    format!("{context}: config_command {command:?} must be one word"),
-                );
+                problems.add(span, format!("{context}: config_command {command:?} must be one word"));
             }
             command
         }
@@ -460,46 +400,35 @@ fn parse_job(
 
     let tls_ca_file = tls_ca_file.map(|(path, span)| {
         if !Path::new(&path).is_absolute() {
-            problems.add(
-                span,
-                format!("{context}: tls_ca_file {path:?} must be an absolute path"),
-            );
+            problems.add(span, format!("{context}: tls_ca_file {path:?} must be an absolute path"));
         }
         PathBuf::from(path)
     });
 
     let targets = match targets {
         None => {
-            problems.add(span.clone(), format!("{context}: targets is missing; list target names, for example targets = [\"local\"]"));
+            problems.add(
+                span.clone(),
+                format!("{context}: targets is missing; list target names, for example targets = [\"local\"]"),
+            );
             Vec::new()
         }
         Some((names, span)) => {
             if names.is_empty() {
-                problems.add(
-                    span.clone(),
-                    format!("{context}: targets is empty; list at least one target name"),
-                );
+                problems.add(span.clone(), format!("{context}: targets is empty; list at least one target name"));
             }
             let mut seen = HashSet::new();
             for name in &names {
                 if !target_names.contains(name) {
-                    let known: Vec<&String> = target_names
-                        .iter()
-                        .collect::<std::collections::BTreeSet<_>>()
-                        .into_iter()
-                        .collect();
+                    let known: Vec<&String> =
+                        target_names.iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
                     problems.add(
                         span.clone(),
-                        format!(
-                            "{context}: target {name:?} is not defined; defined targets: {known:?}"
-                        ),
+                        format!("{context}: target {name:?} is not defined; defined targets: {known:?}"),
                     );
                 }
                 if !seen.insert(name) {
-                    problems.add(
-                        span.clone(),
-                        format!("{context}: target {name:?} is listed twice"),
-                    );
+                    problems.add(span.clone(), format!("{context}: target {name:?} is listed twice"));
                 }
             }
             names
@@ -525,11 +454,12 @@ fn parse_job(
     })
 }
 
+/// Returns the target's name when it is valid, and the target when all of it is.
 fn parse_target(
     table: &DeTable<'_>,
     span: std::ops::Range<usize>,
     problems: &mut Problems<'_>,
-) -> Option<Target> {
+) -> (Option<String>, Option<Target>) {
     let mut fields = Fields::new(table, "[[target]]");
     let name = fields.name(problems, span.clone(), "target");
     let kind = fields.string(problems, "type");
@@ -539,12 +469,9 @@ fn parse_target(
     };
     let kind = match kind {
         None => {
-            problems.add(
-                span.clone(),
-                format!("{context}: type is missing; supported: \"local\""),
-            );
+            problems.add(span.clone(), format!("{context}: type is missing; supported: \"local\""));
             fields.finish_ignoring_rest();
-            return None;
+            return (name, None);
         }
         Some((kind, kind_span)) => match kind.as_str() {
             "local" => {
@@ -557,33 +484,26 @@ fn parse_target(
                     }
                     Some((path, path_span)) => {
                         if Path::new(&path).is_absolute() {
-                            Some(TargetKind::Local {
-                                path: PathBuf::from(path),
-                            })
+                            Some(TargetKind::Local { path: PathBuf::from(path) })
                         } else {
-                            problems.add(
-                                path_span,
-                                format!("{context}: path {path:?} must be an absolute path"),
-                            );
+                            problems.add(path_span, format!("{context}: path {path:?} must be an absolute path"));
                             None
                         }
                     }
                 }
             }
             other => {
-                problems.add(
-                    kind_span,
-                    format!("{context}: unknown type {other:?}; supported: \"local\""),
-                );
+                problems.add(kind_span, format!("{context}: unknown type {other:?}; supported: \"local\""));
                 fields.finish_ignoring_rest();
                 None
             }
         },
     };
-    Some(Target {
-        name: name?,
-        kind: kind?,
-    })
+    let target = match (&name, kind) {
+        (Some(name), Some(kind)) => Some(Target { name: name.clone(), kind }),
+        _ => None,
+    };
+    (name, target)
 }
 
 fn seconds(
@@ -598,10 +518,7 @@ fn seconds(
         None => Duration::from_secs(default),
         Some((secs, span)) => {
             if secs < 1 || secs as u64 > max {
-                problems.add(
-                    span,
-                    format!("{context}: {key} {secs} is out of range; use 1 to {max}"),
-                );
+                problems.add(span, format!("{context}: {key} {secs} is out of range; use 1 to {max}"));
                 Duration::from_secs(default)
             } else {
                 Duration::from_secs(secs as u64)
@@ -622,9 +539,7 @@ fn check_redis_url(text: &str) -> Result<bool, String> {
         }
         "unix" | "redis+unix" => {}
         other => {
-            return Err(format!(
-                "scheme {other:?} is not supported; use redis://, rediss:// or unix://"
-            ));
+            return Err(format!("scheme {other:?} is not supported; use redis://, rediss:// or unix://"));
         }
     }
     let db = url.path().trim_matches('/');
@@ -667,19 +582,12 @@ struct Problems<'t> {
 impl Problems<'_> {
     fn add(&mut self, span: std::ops::Range<usize>, message: String) {
         let line = line_of(self.text, span.start);
-        self.list.push(Problem {
-            line: Some(line),
-            message,
-        });
+        self.list.push(Problem { line: Some(line), message });
     }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&byte| byte == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&byte| byte == b'\n').count() + 1
 }
 
 /// Keys of one table, read by name; whatever is not read is unknown.
@@ -691,43 +599,22 @@ struct Fields<'a, 'i> {
 
 impl<'a, 'i> Fields<'a, 'i> {
     fn new(table: &'a DeTable<'i>, context: &'static str) -> Self {
-        Fields {
-            table,
-            context,
-            used: HashSet::new(),
-        }
+        Fields { table, context, used: HashSet::new() }
     }
 
     fn get(&mut self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
         self.used.insert(key.to_string());
-        self.table
-            .iter()
-            .find(|(name, _)| name.get_ref() == key)
-            .map(|(_, value)| value)
+        self.table.iter().find(|(name, _)| name.get_ref() == key).map(|(_, value)| value)
     }
 
-    fn wrong_type(
-        &self,
-        problems: &mut Problems<'_>,
-        key: &str,
-        value: &Spanned<DeValue<'_>>,
-        expected: &str,
-    ) {
+    fn wrong_type(&self, problems: &mut Problems<'_>, key: &str, value: &Spanned<DeValue<'_>>, expected: &str) {
         problems.add(
             value.span(),
-            format!(
-                "{} key {key} must be {expected}, found {}",
-                self.context,
-                type_name(value.get_ref())
-            ),
+            format!("{} key {key} must be {expected}, found {}", self.context, type_name(value.get_ref())),
         );
     }
 
-    fn string(
-        &mut self,
-        problems: &mut Problems<'_>,
-        key: &str,
-    ) -> Option<(String, std::ops::Range<usize>)> {
+    fn string(&mut self, problems: &mut Problems<'_>, key: &str) -> Option<(String, std::ops::Range<usize>)> {
         let value = self.get(key)?;
         match value.get_ref() {
             DeValue::String(text) => Some((text.to_string(), value.span())),
@@ -738,29 +625,19 @@ impl<'a, 'i> Fields<'a, 'i> {
         }
     }
 
-    fn integer(
-        &mut self,
-        problems: &mut Problems<'_>,
-        key: &str,
-    ) -> Option<(i64, std::ops::Range<usize>)> {
+    fn integer(&mut self, problems: &mut Problems<'_>, key: &str) -> Option<(i64, std::ops::Range<usize>)> {
         let value = self.get(key)?;
         match value.get_ref() {
-            DeValue::Integer(integer) => {
-                match i64::from_str_radix(integer.as_str(), integer.radix()) {
-                    Ok(number) => Some((number, value.span())),
-                    Err(_) => {
-                        problems.add(
-                            value.span(),
-                            format!(
-                                "{} key {key}: {} does not fit in 64 bits",
-                                self.context,
-                                integer.as_str()
-                            ),
-                        );
-                        None
-                    }
+            DeValue::Integer(integer) => match i64::from_str_radix(integer.as_str(), integer.radix()) {
+                Ok(number) => Some((number, value.span())),
+                Err(_) => {
+                    problems.add(
+                        value.span(),
+                        format!("{} key {key}: {} does not fit in 64 bits", self.context, integer.as_str()),
+                    );
+                    None
                 }
-            }
+            },
             _ => {
                 self.wrong_type(problems, key, value, "an integer");
                 None
@@ -789,12 +666,7 @@ impl<'a, 'i> Fields<'a, 'i> {
     }
 
     /// The `name` key: required, and a valid object-name component.
-    fn name(
-        &mut self,
-        problems: &mut Problems<'_>,
-        span: std::ops::Range<usize>,
-        what: &str,
-    ) -> Option<String> {
+    fn name(&mut self, problems: &mut Problems<'_>, span: std::ops::Range<usize>, what: &str) -> Option<String> {
         match self.string(problems, "name") {
             None => {
                 problems.add(span, format!("{what} has no name; add name = \"...\""));
@@ -825,24 +697,14 @@ impl<'a, 'i> Fields<'a, 'i> {
             return Vec::new();
         };
         let DeValue::Array(items) = value.get_ref() else {
-            self.wrong_type(
-                problems,
-                key,
-                value,
-                &format!("an array of tables ([[{key}]])"),
-            );
+            self.wrong_type(problems, key, value, &format!("an array of tables ([[{key}]])"));
             return Vec::new();
         };
         let mut out = Vec::new();
         for item in items.iter() {
             match item.get_ref() {
                 DeValue::Table(table) => out.push((table.clone(), item.span())),
-                _ => self.wrong_type(
-                    problems,
-                    key,
-                    item,
-                    &format!("an array of tables ([[{key}]])"),
-                ),
+                _ => self.wrong_type(problems, key, item, &format!("an array of tables ([[{key}]])")),
             }
         }
         out
@@ -857,10 +719,7 @@ impl<'a, 'i> Fields<'a, 'i> {
             }
         }
         for (start, name) in unknown {
-            problems.add(
-                start..start,
-                format!("unknown key {name:?} in {}", self.context),
-            );
+            problems.add(start..start, format!("unknown key {name:?} in {}", self.context));
         }
     }
 
@@ -902,11 +761,7 @@ path = "/var/backups/sessbackup"
     }
 
     fn messages(text: &str) -> String {
-        problems(text)
-            .iter()
-            .map(|p| format!("{:?}: {}", p.line, p.message))
-            .collect::<Vec<_>>()
-            .join("\n")
+        problems(text).iter().map(|p| format!("{:?}: {}", p.line, p.message)).collect::<Vec<_>>().join("\n")
     }
 
     #[test]
@@ -929,10 +784,7 @@ path = "/var/backups/sessbackup"
 
     #[test]
     fn unknown_keys_are_reported_with_lines() {
-        let text = MINIMAL.replace(
-            "targets = [\"local\"]",
-            "targets = [\"local\"]\ncompresion_level = 5\nretries = 2",
-        );
+        let text = MINIMAL.replace("targets = [\"local\"]", "targets = [\"local\"]\ncompresion_level = 5\nretries = 2");
         let found = problems(&text);
         assert_eq!(found.len(), 2, "{found:?}");
         assert_eq!(found[0].line, Some(6));
@@ -963,10 +815,7 @@ type = "ftp"
             "target \"nowhere\" is not defined",
             "unknown type \"ftp\"",
         ] {
-            assert!(
-                found.contains(expected),
-                "missing {expected:?} in:\n{found}"
-            );
+            assert!(found.contains(expected), "missing {expected:?} in:\n{found}");
         }
     }
 
@@ -986,9 +835,7 @@ type = "ftp"
 
     #[test]
     fn duplicate_names_are_reported() {
-        let text = format!(
-            "{MINIMAL}\n[[target]]\nname = \"local\"\ntype = \"local\"\npath = \"/tmp/y\"\n"
-        );
+        let text = format!("{MINIMAL}\n[[target]]\nname = \"local\"\ntype = \"local\"\npath = \"/tmp/y\"\n");
         assert!(messages(&text).contains("used twice"));
     }
 
@@ -1002,40 +849,24 @@ type = "ftp"
     fn password_in_two_places_is_rejected() {
         let text = MINIMAL
             .replace("redis://127.0.0.1:6379/", "redis://:pw@127.0.0.1:6379/")
-            .replace(
-                "targets = [",
-                "password_env = \"REDIS_PASSWORD\"\ntargets = [",
-            );
+            .replace("targets = [", "password_env = \"REDIS_PASSWORD\"\ntargets = [");
         let found = messages(&text);
         assert!(found.contains("keep one"), "{found}");
-        assert!(
-            !found.contains("pw@"),
-            "password leaked into a message: {found}"
-        );
+        assert!(!found.contains("pw@"), "password leaked into a message: {found}");
     }
 
     #[test]
     fn debug_output_hides_url_password() {
-        let text = MINIMAL.replace(
-            "redis://127.0.0.1:6379/",
-            "redis://user:s3cr3t@127.0.0.1:6379/",
-        );
+        let text = MINIMAL.replace("redis://127.0.0.1:6379/", "redis://user:s3cr3t@127.0.0.1:6379/");
         let config = parse(&text).unwrap();
         let debug = format!("{config:?}");
         assert!(!debug.contains("s3cr3t"), "{debug}");
-        assert!(
-            config.jobs[0]
-                .redis
-                .url_with_credentials()
-                .contains("s3cr3t")
-        );
+        assert!(config.jobs[0].redis.url_with_credentials().contains("s3cr3t"));
     }
 
     #[test]
     fn unused_target_is_a_warning() {
-        let text = format!(
-            "{MINIMAL}\n[[target]]\nname = \"spare\"\ntype = \"local\"\npath = \"/tmp/spare\"\n"
-        );
+        let text = format!("{MINIMAL}\n[[target]]\nname = \"spare\"\ntype = \"local\"\npath = \"/tmp/spare\"\n");
         let config = parse(&text).unwrap();
         assert_eq!(config.warnings.len(), 1);
         assert!(config.warnings[0].contains("spare"));
@@ -1043,8 +874,7 @@ type = "ftp"
 
     #[test]
     fn password_file_drops_trailing_newline() {
-        let dir =
-            std::env::temp_dir().join(format!("sessbackup-config-test-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("sessbackup-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("password");
         std::fs::write(&path, "p@ss:w%rd\"\n").unwrap();

@@ -11,13 +11,7 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
     let to_c = CString::new(to.as_os_str().as_bytes())?;
     // SAFETY: both arguments are valid NUL-terminated paths that outlive the call.
     let result = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
+        libc::renameat2(libc::AT_FDCWD, from_c.as_ptr(), libc::AT_FDCWD, to_c.as_ptr(), libc::RENAME_NOREPLACE)
     };
     if result == 0 {
         return Ok(());
@@ -36,9 +30,7 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
 
 pub async fn sync_dir(dir: &Path) -> std::io::Result<()> {
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
-        .await
-        .expect("fsync task panicked")
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all()).await.expect("fsync task panicked")
 }
 
 #[cfg(test)]

@@ -105,11 +105,7 @@ impl RdbInfo {
             keys: summary.keys(),
             expires: summary.expires(),
             databases: database_counts(summary),
-            types: summary
-                .types
-                .iter()
-                .map(|(name, count)| (name.to_string(), *count))
-                .collect(),
+            types: summary.types.iter().map(|(name, count)| (name.to_string(), *count)).collect(),
             aux: summary.aux.iter().cloned().collect(),
         }
     }
@@ -127,11 +123,7 @@ pub fn database_counts(summary: &rdb::Summary) -> Vec<DatabaseCounts> {
     summary
         .databases
         .iter()
-        .map(|(db, counts)| DatabaseCounts {
-            db: *db,
-            keys: counts.keys,
-            expires: counts.expires,
-        })
+        .map(|(db, counts)| DatabaseCounts { db: *db, keys: counts.keys, expires: counts.expires })
         .collect()
 }
 
@@ -144,12 +136,9 @@ impl Manifest {
 
     /// Parses a manifest, rejecting other formats and newer versions.
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, String> {
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|err| format!("not valid JSON: {err}"))?;
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|err| format!("not valid JSON: {err}"))?;
         if value.get("format").and_then(|format| format.as_str()) != Some(FORMAT) {
-            return Err(format!(
-                "not a sessbackup manifest (\"format\" is not {FORMAT:?})"
-            ));
+            return Err(format!("not a sessbackup manifest (\"format\" is not {FORMAT:?})"));
         }
         match value.get("version").and_then(|version| version.as_u64()) {
             Some(version) if version == VERSION as u64 => {}
@@ -160,8 +149,7 @@ impl Manifest {
             }
             None => return Err("manifest has no version".to_string()),
         }
-        let manifest: Manifest =
-            serde_json::from_value(value).map_err(|err| format!("invalid manifest: {err}"))?;
+        let manifest: Manifest = serde_json::from_value(value).map_err(|err| format!("invalid manifest: {err}"))?;
         manifest.check_names()?;
         Ok(manifest)
     }
@@ -171,10 +159,7 @@ impl Manifest {
     fn check_names(&self) -> Result<(), String> {
         let expected = artifact_name(&self.job, &self.id).map_err(|err| err.to_string())?;
         if self.artifact.name != expected.as_str() {
-            return Err(format!(
-                "manifest names artifact {:?}, expected {expected}",
-                self.artifact.name
-            ));
+            return Err(format!("manifest names artifact {:?}, expected {expected}", self.artifact.name));
         }
         Ok(())
     }
@@ -250,11 +235,7 @@ mod tests {
                 checksum: "verified".to_string(),
                 keys: 2,
                 expires: 1,
-                databases: vec![DatabaseCounts {
-                    db: 0,
-                    keys: 2,
-                    expires: 1,
-                }],
+                databases: vec![DatabaseCounts { db: 0, keys: 2, expires: 1 }],
                 types: BTreeMap::new(),
                 aux: BTreeMap::new(),
             },
@@ -262,10 +243,7 @@ mod tests {
                 name: format!("sessions/{id}.rdb.zst"),
                 bytes: 50,
                 sha256: "11".repeat(32),
-                compression: Compression {
-                    algorithm: "zstd".to_string(),
-                    level: 3,
-                },
+                compression: Compression { algorithm: "zstd".to_string(), level: 3 },
             },
         }
     }
@@ -286,22 +264,14 @@ mod tests {
 
     #[test]
     fn foreign_json_is_rejected() {
-        assert!(
-            Manifest::from_json(b"{\"hello\": 1}")
-                .unwrap_err()
-                .contains("not a sessbackup manifest")
-        );
+        assert!(Manifest::from_json(b"{\"hello\": 1}").unwrap_err().contains("not a sessbackup manifest"));
     }
 
     #[test]
     fn artifact_must_sit_beside_manifest() {
         let mut manifest = sample();
         manifest.artifact.name = "other/secret.rdb.zst".to_string();
-        assert!(
-            Manifest::from_json(&manifest.to_json())
-                .unwrap_err()
-                .contains("expected sessions/")
-        );
+        assert!(Manifest::from_json(&manifest.to_json()).unwrap_err().contains("expected sessions/"));
     }
 
     #[test]
@@ -315,10 +285,7 @@ mod tests {
 
     #[test]
     fn manifest_names_parse() {
-        assert_eq!(
-            parse_manifest_name("sessions/ID.manifest.json"),
-            Some(("sessions", "ID"))
-        );
+        assert_eq!(parse_manifest_name("sessions/ID.manifest.json"), Some(("sessions", "ID")));
         assert_eq!(parse_manifest_name("sessions/ID.rdb.zst"), None);
         assert_eq!(parse_manifest_name("a/b/c.manifest.json"), None);
     }

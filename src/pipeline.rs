@@ -52,19 +52,9 @@ pub enum Error {
          requested at {requested}; the file at {path} is not the one Redis just saved (check rdb_path, or Redis's \
          dir and dbfilename); nothing was published"
     )]
-    NotFresh {
-        path: String,
-        ctime: i64,
-        requested: i64,
-    },
-    #[error(
-        "RDB file {path} changed size while it was read ({expected} bytes when opened, {read} read)"
-    )]
-    Changed {
-        path: String,
-        expected: u64,
-        read: u64,
-    },
+    NotFresh { path: String, ctime: i64, requested: i64 },
+    #[error("RDB file {path} changed size while it was read ({expected} bytes when opened, {read} read)")]
+    Changed { path: String, expected: u64, read: u64 },
     #[error("no target stored the backup: {0}")]
     AllTargetsFailed(String),
 }
@@ -86,8 +76,19 @@ pub struct RunReport {
     pub artifact_bytes: u64,
     pub keys: u64,
     pub duration_ms: u64,
+    pub snapshot: SnapshotReport,
     pub targets: Vec<TargetOutcome>,
     pub manifest: Manifest,
+}
+
+/// How the snapshot was obtained.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SnapshotReport {
+    pub rdb_path: String,
+    /// A save was already running and was waited for before ours.
+    pub waited_for_running_save: bool,
+    /// An AOF rewrite was running, so the save was queued (BGSAVE SCHEDULE).
+    pub scheduled: bool,
 }
 
 impl RunReport {
@@ -97,17 +98,11 @@ impl RunReport {
 }
 
 /// Runs one backup of `job` to `targets`.
-pub async fn run_backup(
-    job: &Job,
-    source: &RedisSource,
-    targets: &[Arc<dyn Target>],
-) -> Result<RunReport, Error> {
+pub async fn run_backup(job: &Job, source: &RedisSource, targets: &[Arc<dyn Target>]) -> Result<RunReport, Error> {
     let requested_at = OffsetDateTime::now_utc();
     let id = manifest::new_backup_id(requested_at);
     let span = tracing::info_span!("run", job = %job.name, backup_id = %id);
-    run(job, source, targets, id, requested_at)
-        .instrument(span)
-        .await
+    run(job, source, targets, id, requested_at).instrument(span).await
 }
 
 async fn run(
@@ -130,17 +125,14 @@ async fn run(
         "snapshot written"
     );
 
-    let artifact =
-        manifest::artifact_name(&job.name, &id).expect("job names are valid object name parts");
+    let artifact = manifest::artifact_name(&job.name, &id).expect("job names are valid object name parts");
     let mut uploads = Vec::new();
     let mut senders = Vec::new();
     for target in targets {
         let (sender, receiver) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
         let target = Arc::clone(target);
         let name = artifact.clone();
-        uploads.push(tokio::spawn(async move {
-            target.put_stream(&name, receiver).await
-        }));
+        uploads.push(tokio::spawn(async move { target.put_stream(&name, receiver).await }));
         senders.push(Some(sender));
     }
 
@@ -150,6 +142,11 @@ async fn run(
     let requested_at_server = snapshot.requested_at_server_secs;
     let server = snapshot.server.clone();
     let rdb_saves = snapshot.rdb_saves;
+    let snapshot_report = SnapshotReport {
+        rdb_path: snapshot_path.clone(),
+        waited_for_running_save: snapshot.waited_for_running_save,
+        scheduled: snapshot.scheduled,
+    };
     let file = snapshot.file;
     let streamed = tokio::task::spawn_blocking(move || stream_rdb(file, size, level, senders))
         .await
@@ -159,10 +156,7 @@ async fn run(
         Err(err) => {
             abandon(uploads).await;
             return Err(match err {
-                StreamError::Read(message) => Error::Read {
-                    path: snapshot_path,
-                    message,
-                },
+                StreamError::Read(message) => Error::Read { path: snapshot_path, message },
                 StreamError::Compress(message) => Error::Compress(message),
             });
         }
@@ -177,11 +171,7 @@ async fn run(
         }
     };
     let rejection = if pass.rdb_bytes != size {
-        Some(Error::Changed {
-            path: snapshot_path.clone(),
-            expected: size,
-            read: pass.rdb_bytes,
-        })
+        Some(Error::Changed { path: snapshot_path.clone(), expected: size, read: pass.rdb_bytes })
     } else {
         freshness_error(&summary, &snapshot_path, requested_at_server)
     };
@@ -191,29 +181,18 @@ async fn run(
         return Err(err);
     }
     if summary.aux_field("ctime").is_none() {
-        tracing::warn!(
-            "the RDB file has no ctime field; freshness rests on the save counter alone"
-        );
+        tracing::warn!("the RDB file has no ctime field; freshness rests on the save counter alone");
     }
     if summary.trailing_bytes > 0 {
-        tracing::warn!(
-            bytes = summary.trailing_bytes,
-            "the RDB file has bytes after its checksum; Redis ignores them"
-        );
+        tracing::warn!(bytes = summary.trailing_bytes, "the RDB file has bytes after its checksum; Redis ignores them");
     }
     if let Some(rdb::Checksum::Disabled) = summary.checksum {
-        tracing::warn!(
-            "the RDB file was saved with rdbchecksum no: its content has no CRC-64 to check"
-        );
+        tracing::warn!("the RDB file was saved with rdbchecksum no: its content has no CRC-64 to check");
     }
 
     // Everything checked: let each target publish the artifact.
     for sender in senders.into_iter().flatten() {
-        let _ = sender
-            .send(Chunk::End {
-                bytes: pass.artifact_bytes,
-            })
-            .await;
+        let _ = sender.send(Chunk::End { bytes: pass.artifact_bytes }).await;
     }
     let mut outcomes = Vec::new();
     for (target, upload) in targets.iter().zip(uploads) {
@@ -241,29 +220,18 @@ async fn run(
             name: artifact.to_string(),
             bytes: pass.artifact_bytes,
             sha256: pass.artifact_sha256.clone(),
-            compression: manifest::Compression {
-                algorithm: "zstd".to_string(),
-                level,
-            },
+            compression: manifest::Compression { algorithm: "zstd".to_string(), level },
         },
     };
-    let manifest_name =
-        manifest::manifest_name(&job.name, &id).expect("job names are valid object name parts");
+    let manifest_name = manifest::manifest_name(&job.name, &id).expect("job names are valid object name parts");
     let manifest_json = Bytes::from(manifest.to_json());
 
     let mut reports = Vec::new();
     for (target, result) in outcomes {
         let outcome = match result {
             Ok(stored) if stored == pass.artifact_bytes => {
-                match target
-                    .put_bytes(&manifest_name, manifest_json.clone())
-                    .await
-                {
-                    Ok(()) => TargetOutcome {
-                        target: target.name().to_string(),
-                        published: true,
-                        error: None,
-                    },
+                match target.put_bytes(&manifest_name, manifest_json.clone()).await {
+                    Ok(()) => TargetOutcome { target: target.name().to_string(), published: true, error: None },
                     Err(err) => {
                         // Without its manifest the artifact is invisible; remove it too.
                         let _ = target.delete(&artifact).await;
@@ -278,16 +246,11 @@ async fn run(
             Ok(stored) => TargetOutcome {
                 target: target.name().to_string(),
                 published: false,
-                error: Some(format!(
-                    "stored {stored} bytes, expected {}",
-                    pass.artifact_bytes
-                )),
+                error: Some(format!("stored {stored} bytes, expected {}", pass.artifact_bytes)),
             },
-            Err(err) => TargetOutcome {
-                target: target.name().to_string(),
-                published: false,
-                error: Some(err.to_string()),
-            },
+            Err(err) => {
+                TargetOutcome { target: target.name().to_string(), published: false, error: Some(err.to_string()) }
+            }
         };
         match &outcome.error {
             None => tracing::info!(target = %outcome.target, "backup published"),
@@ -299,13 +262,8 @@ async fn run(
     }
 
     let duration = started.elapsed();
-    let ratio = if pass.artifact_bytes > 0 {
-        pass.rdb_bytes as f64 / pass.artifact_bytes as f64
-    } else {
-        0.0
-    };
-    let mib_per_sec =
-        pass.rdb_bytes as f64 / (1024.0 * 1024.0) / pass.duration.as_secs_f64().max(1e-9);
+    let ratio = if pass.artifact_bytes > 0 { pass.rdb_bytes as f64 / pass.artifact_bytes as f64 } else { 0.0 };
+    let mib_per_sec = pass.rdb_bytes as f64 / (1024.0 * 1024.0) / pass.duration.as_secs_f64().max(1e-9);
     tracing::info!(
         rdb_bytes = pass.rdb_bytes,
         artifact_bytes = pass.artifact_bytes,
@@ -321,13 +279,7 @@ async fn run(
     if !reports.iter().any(|outcome| outcome.published) {
         let reasons: Vec<String> = reports
             .iter()
-            .map(|outcome| {
-                format!(
-                    "{}: {}",
-                    outcome.target,
-                    outcome.error.as_deref().unwrap_or("unknown")
-                )
-            })
+            .map(|outcome| format!("{}: {}", outcome.target, outcome.error.as_deref().unwrap_or("unknown")))
             .collect();
         return Err(Error::AllTargetsFailed(reasons.join("; ")));
     }
@@ -338,6 +290,7 @@ async fn run(
         artifact_bytes: pass.artifact_bytes,
         keys: summary.keys(),
         duration_ms: duration.as_millis() as u64,
+        snapshot: snapshot_report,
         targets: reports,
         manifest,
     })
@@ -345,11 +298,7 @@ async fn run(
 
 fn freshness_error(summary: &rdb::Summary, path: &str, requested: i64) -> Option<Error> {
     let ctime = summary.aux_field("ctime")?.parse::<i64>().ok()?;
-    (ctime < requested).then(|| Error::NotFresh {
-        path: path.to_string(),
-        ctime,
-        requested,
-    })
+    (ctime < requested).then(|| Error::NotFresh { path: path.to_string(), ctime, requested })
 }
 
 /// Lets every upload see the channel close without an end marker, so it
@@ -392,8 +341,8 @@ fn stream_rdb(
         .expect("spawn walker thread");
 
     let fan_out = FanOut::new(senders);
-    let mut encoder = zstd::stream::write::Encoder::new(fan_out, level)
-        .map_err(|err| StreamError::Compress(err.to_string()))?;
+    let mut encoder =
+        zstd::stream::write::Encoder::new(fan_out, level).map_err(|err| StreamError::Compress(err.to_string()))?;
     configure_encoder(&mut encoder, size).map_err(|err| StreamError::Compress(err.to_string()))?;
 
     let mut rdb_hash = Sha256::new();
@@ -427,12 +376,9 @@ fn stream_rdb(
     let summary = walker.join().expect("walker thread panicked");
     read_result?;
 
-    let fan_out = encoder
-        .finish()
-        .map_err(|err| StreamError::Compress(err.to_string()))?;
-    let (artifact_bytes, artifact_sha256, senders) = fan_out
-        .finish()
-        .map_err(|err| StreamError::Compress(err.to_string()))?;
+    let fan_out = encoder.finish().map_err(|err| StreamError::Compress(err.to_string()))?;
+    let (artifact_bytes, artifact_sha256, senders) =
+        fan_out.finish().map_err(|err| StreamError::Compress(err.to_string()))?;
     let pass = Pass {
         rdb_bytes,
         rdb_sha256: hex::encode(rdb_hash.finalize()),
@@ -444,17 +390,11 @@ fn stream_rdb(
     Ok((pass, senders))
 }
 
-fn configure_encoder<W: Write>(
-    encoder: &mut zstd::stream::write::Encoder<'static, W>,
-    size: u64,
-) -> io::Result<()> {
+fn configure_encoder<W: Write>(encoder: &mut zstd::stream::write::Encoder<'static, W>, size: u64) -> io::Result<()> {
     // A frame checksum lets zstd itself notice damage when decompressing.
     encoder.include_checksum(true)?;
     encoder.set_pledged_src_size(Some(size))?;
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8) as u32;
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8) as u32;
     if workers > 1 {
         encoder.multithread(workers)?;
     }
@@ -486,20 +426,12 @@ struct FanOut {
 
 impl FanOut {
     fn new(senders: Vec<Option<mpsc::Sender<Chunk>>>) -> Self {
-        FanOut {
-            hash: Sha256::new(),
-            bytes: 0,
-            pending: BytesMut::with_capacity(CHUNK_BYTES),
-            senders,
-        }
+        FanOut { hash: Sha256::new(), bytes: 0, pending: BytesMut::with_capacity(CHUNK_BYTES), senders }
     }
 
     /// Targets still receiving.
     fn live(&self) -> usize {
-        self.senders
-            .iter()
-            .filter(|sender| sender.is_some())
-            .count()
+        self.senders.iter().filter(|sender| sender.is_some()).count()
     }
 
     fn send_pending(&mut self) {
@@ -548,10 +480,7 @@ pub struct ChannelReader {
 
 impl ChannelReader {
     pub fn new(receiver: std_mpsc::Receiver<Bytes>) -> Self {
-        ChannelReader {
-            receiver,
-            current: Bytes::new(),
-        }
+        ChannelReader { receiver, current: Bytes::new() }
     }
 }
 

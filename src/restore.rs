@@ -34,10 +34,7 @@ pub struct Backup {
 
 /// Lists the backups on `target`, for one job or all, newest first. Objects
 /// that look like manifests but do not parse are returned as warnings.
-pub async fn list_backups(
-    target: &Arc<dyn Target>,
-    job: Option<&str>,
-) -> target::Result<(Vec<Backup>, Vec<String>)> {
+pub async fn list_backups(target: &Arc<dyn Target>, job: Option<&str>) -> target::Result<(Vec<Backup>, Vec<String>)> {
     let prefix = match job {
         Some(job) => format!("{job}/"),
         None => String::new(),
@@ -66,10 +63,9 @@ pub async fn list_backups(
             }
         };
         match Manifest::from_json(&bytes) {
-            Ok(manifest) if manifest.job == job_part && manifest.id == id => backups.push(Backup {
-                target: Arc::clone(target),
-                manifest,
-            }),
+            Ok(manifest) if manifest.job == job_part && manifest.id == id => {
+                backups.push(Backup { target: Arc::clone(target), manifest })
+            }
             Ok(manifest) => warnings.push(format!(
                 "{}: skipped {}: it describes backup {}/{}",
                 target.name(),
@@ -87,16 +83,13 @@ pub async fn list_backups(
 async fn read_object(target: &Arc<dyn Target>, name: &ObjectName) -> target::Result<Vec<u8>> {
     let mut reader = target.get(name).await?;
     let mut bytes = Vec::new();
-    reader
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|err| target::Error {
-            kind: target::ErrorKind::Unavailable,
-            target: target.name().to_string(),
-            action: "read",
-            object: name.to_string(),
-            message: err.to_string(),
-        })?;
+    reader.read_to_end(&mut bytes).await.map_err(|err| target::Error {
+        kind: target::ErrorKind::Unavailable,
+        target: target.name().to_string(),
+        action: "read",
+        object: name.to_string(),
+        message: err.to_string(),
+    })?;
     Ok(bytes)
 }
 
@@ -129,10 +122,7 @@ impl Verification {
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.errors.clone();
         for check in self.checks.iter().filter(|check| !check.ok) {
-            out.push(format!(
-                "{}: expected {}, found {}",
-                check.what, check.expected, check.actual
-            ));
+            out.push(format!("{}: expected {}, found {}", check.what, check.expected, check.actual));
         }
         out
     }
@@ -170,16 +160,13 @@ pub async fn verify(backup: &Backup, sink: Option<std::fs::File>) -> Verificatio
     let reader = match backup.target.get(&artifact).await {
         Ok(reader) => reader,
         Err(err) => {
-            verification
-                .errors
-                .push(format!("cannot download the artifact: {err}"));
+            verification.errors.push(format!("cannot download the artifact: {err}"));
             return verification;
         }
     };
     let bridge = tokio_util::io::SyncIoBridge::new(reader);
-    let measured = tokio::task::spawn_blocking(move || measure(bridge, sink))
-        .await
-        .expect("verification thread panicked");
+    let measured =
+        tokio::task::spawn_blocking(move || measure(bridge, sink)).await.expect("verification thread panicked");
     compare(manifest, measured, &mut verification);
     verification
 }
@@ -187,95 +174,39 @@ pub async fn verify(backup: &Backup, sink: Option<std::fs::File>) -> Verificatio
 fn compare(manifest: &Manifest, measured: Measured, verification: &mut Verification) {
     let mut check = |what: &str, expected: String, actual: String| {
         let ok = expected == actual;
-        verification.checks.push(Check {
-            what: what.to_string(),
-            expected,
-            actual,
-            ok,
-        });
+        verification.checks.push(Check { what: what.to_string(), expected, actual, ok });
     };
-    check(
-        "artifact size in bytes",
-        manifest.artifact.bytes.to_string(),
-        measured.artifact_bytes.to_string(),
-    );
-    check(
-        "artifact SHA-256",
-        manifest.artifact.sha256.clone(),
-        measured.artifact_sha256.clone(),
-    );
+    check("artifact size in bytes", manifest.artifact.bytes.to_string(), measured.artifact_bytes.to_string());
+    check("artifact SHA-256", manifest.artifact.sha256.clone(), measured.artifact_sha256.clone());
     if let Some(err) = measured.read_error {
-        verification
-            .errors
-            .push(format!("reading the artifact failed: {err}"));
+        verification.errors.push(format!("reading the artifact failed: {err}"));
     }
     if let Some(err) = measured.decode_error {
-        verification
-            .errors
-            .push(format!("decompressing the artifact failed: {err}"));
+        verification.errors.push(format!("decompressing the artifact failed: {err}"));
     }
     if let Some(err) = measured.sink_error {
-        verification
-            .errors
-            .push(format!("writing the restored file failed: {err}"));
+        verification.errors.push(format!("writing the restored file failed: {err}"));
     }
     let mut check = |what: &str, expected: String, actual: String| {
         let ok = expected == actual;
-        verification.checks.push(Check {
-            what: what.to_string(),
-            expected,
-            actual,
-            ok,
-        });
+        verification.checks.push(Check { what: what.to_string(), expected, actual, ok });
     };
-    check(
-        "RDB size in bytes",
-        manifest.rdb.bytes.to_string(),
-        measured.rdb_bytes.to_string(),
-    );
-    check(
-        "RDB SHA-256",
-        manifest.rdb.sha256.clone(),
-        measured.rdb_sha256.clone(),
-    );
+    check("RDB size in bytes", manifest.rdb.bytes.to_string(), measured.rdb_bytes.to_string());
+    check("RDB SHA-256", manifest.rdb.sha256.clone(), measured.rdb_sha256.clone());
     match measured.walk {
-        None => verification
-            .errors
-            .push("the RDB was not checked".to_string()),
-        Some(Err(failure)) => verification
-            .errors
-            .push(format!("the RDB is invalid: {failure}")),
+        None => verification.errors.push("the RDB was not checked".to_string()),
+        Some(Err(failure)) => verification.errors.push(format!("the RDB is invalid: {failure}")),
         Some(Ok(summary)) => {
-            check(
-                "RDB version",
-                manifest.rdb.version.to_string(),
-                summary.version.to_string(),
-            );
-            check(
-                "keys",
-                manifest.rdb.keys.to_string(),
-                summary.keys().to_string(),
-            );
-            check(
-                "keys with expiry",
-                manifest.rdb.expires.to_string(),
-                summary.expires().to_string(),
-            );
-            let expected: Vec<String> = manifest
-                .rdb
-                .databases
-                .iter()
-                .map(|db| format!("db{}={}/{}", db.db, db.keys, db.expires))
-                .collect();
+            check("RDB version", manifest.rdb.version.to_string(), summary.version.to_string());
+            check("keys", manifest.rdb.keys.to_string(), summary.keys().to_string());
+            check("keys with expiry", manifest.rdb.expires.to_string(), summary.expires().to_string());
+            let expected: Vec<String> =
+                manifest.rdb.databases.iter().map(|db| format!("db{}={}/{}", db.db, db.keys, db.expires)).collect();
             let actual: Vec<String> = manifest::database_counts(&summary)
                 .iter()
                 .map(|db| format!("db{}={}/{}", db.db, db.keys, db.expires))
                 .collect();
-            check(
-                "keys/expires per database",
-                expected.join(" "),
-                actual.join(" "),
-            );
+            check("keys/expires per database", expected.join(" "), actual.join(" "));
         }
     }
 }
@@ -360,11 +291,7 @@ struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hash: Sha256::new(),
-            bytes: 0,
-        }
+        HashingReader { inner, hash: Sha256::new(), bytes: 0 }
     }
 
     fn drain(&mut self) -> io::Result<()> {
@@ -400,33 +327,18 @@ pub enum RestoreError {
     #[error("cannot restore to {path}: {message}")]
     Destination { path: PathBuf, message: String },
     #[error("backup {id} on target {target} failed verification, nothing was written:\n  {}", .problems.join("\n  "))]
-    Verification {
-        id: String,
-        target: String,
-        problems: Vec<String>,
-    },
+    Verification { id: String, target: String, problems: Vec<String> },
 }
 
 /// Verifies `backup` and writes its RDB to `destination`, atomically. Without
 /// `force`, an existing file is never replaced.
-pub async fn restore_to_file(
-    backup: &Backup,
-    destination: &Path,
-    force: bool,
-) -> Result<Verification, RestoreError> {
-    let dest_error = |message: String| RestoreError::Destination {
-        path: destination.to_path_buf(),
-        message,
-    };
+pub async fn restore_to_file(backup: &Backup, destination: &Path, force: bool) -> Result<Verification, RestoreError> {
+    let dest_error = |message: String| RestoreError::Destination { path: destination.to_path_buf(), message };
     if !force && destination.symlink_metadata().is_ok() {
-        return Err(RestoreError::Exists {
-            path: destination.to_path_buf(),
-        });
+        return Err(RestoreError::Exists { path: destination.to_path_buf() });
     }
     if destination.is_dir() {
-        return Err(dest_error(
-            "it is a directory; give a file name".to_string(),
-        ));
+        return Err(dest_error("it is a directory; give a file name".to_string()));
     }
     let file_name = destination
         .file_name()
@@ -438,15 +350,9 @@ pub async fn restore_to_file(
         _ => PathBuf::from("."),
     };
     if !parent.is_dir() {
-        return Err(dest_error(format!(
-            "directory {} does not exist",
-            parent.display()
-        )));
+        return Err(dest_error(format!("directory {} does not exist", parent.display())));
     }
-    let staging = parent.join(format!(
-        ".{file_name}.sessbackup-partial-{:016x}",
-        rand::random::<u64>()
-    ));
+    let staging = parent.join(format!(".{file_name}.sessbackup-partial-{:016x}", rand::random::<u64>()));
     let file = {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
@@ -457,9 +363,7 @@ pub async fn restore_to_file(
             .map_err(|err| dest_error(format!("cannot create {}: {err}", staging.display())))?
     };
     let guard = RemoveOnDrop(Some(staging.clone()));
-    let sync_handle = file
-        .try_clone()
-        .map_err(|err| dest_error(err.to_string()))?;
+    let sync_handle = file.try_clone().map_err(|err| dest_error(err.to_string()))?;
     let verification = verify(backup, Some(file)).await;
     if !verification.ok() {
         return Err(RestoreError::Verification {
@@ -468,9 +372,7 @@ pub async fn restore_to_file(
             problems: verification.problems(),
         });
     }
-    sync_handle
-        .sync_all()
-        .map_err(|err| dest_error(format!("fsync failed: {err}")))?;
+    sync_handle.sync_all().map_err(|err| dest_error(format!("fsync failed: {err}")))?;
     drop(sync_handle);
     let rename = if force {
         std::fs::rename(&staging, destination)
@@ -478,9 +380,7 @@ pub async fn restore_to_file(
         crate::fsutil::rename_no_replace(&staging, destination)
     };
     rename.map_err(|err| match err.kind() {
-        io::ErrorKind::AlreadyExists => RestoreError::Exists {
-            path: destination.to_path_buf(),
-        },
+        io::ErrorKind::AlreadyExists => RestoreError::Exists { path: destination.to_path_buf() },
         _ => dest_error(format!("cannot move the verified file into place: {err}")),
     })?;
     let mut guard = guard;

@@ -40,9 +40,7 @@ pub enum Error {
          (start one with `redis-server --port 6379` or `systemctl start redis-server`)"
     )]
     Connect { url: String, message: String },
-    #[error(
-        "Redis at {url} rejected the credentials: {message}; check username and password_env/password_file"
-    )]
+    #[error("Redis at {url} rejected the credentials: {message}; check username and password_env/password_file")]
     Auth { url: String, message: String },
     #[error("Redis command {command} failed: {message}")]
     Command { command: String, message: String },
@@ -56,13 +54,8 @@ pub enum Error {
     )]
     SaveFailed,
     #[error("timed out after {} s waiting for {waiting_for}; raise snapshot_timeout_secs if saves take longer", .after.as_secs())]
-    Timeout {
-        waiting_for: String,
-        after: Duration,
-    },
-    #[error(
-        "RDB file {path} not found after the save; check rdb_path or Redis's dir and dbfilename"
-    )]
+    Timeout { waiting_for: String, after: Duration },
+    #[error("RDB file {path} not found after the save; check rdb_path or Redis's dir and dbfilename")]
     RdbMissing { path: PathBuf },
     #[error("cannot open RDB file {path}: {message}")]
     RdbOpen { path: PathBuf, message: String },
@@ -105,20 +98,10 @@ pub struct RedisSource {
 }
 
 impl RedisSource {
-    pub fn new(
-        settings: &RedisSettings,
-        password: Option<Secret>,
-        rdb_path: Option<PathBuf>,
-    ) -> Result<Self, Error> {
+    pub fn new(settings: &RedisSettings, password: Option<Secret>, rdb_path: Option<PathBuf>) -> Result<Self, Error> {
         let display_url = settings.display_url();
-        let invalid = |err: redis::RedisError| Error::Connect {
-            url: display_url.clone(),
-            message: err.to_string(),
-        };
-        let mut info = settings
-            .url_with_credentials()
-            .into_connection_info()
-            .map_err(invalid)?;
+        let invalid = |err: redis::RedisError| Error::Connect { url: display_url.clone(), message: err.to_string() };
+        let mut info = settings.url_with_credentials().into_connection_info().map_err(invalid)?;
         let mut redis_info = info.redis_settings().clone();
         if let Some(username) = &settings.username {
             redis_info = redis_info.set_username(username);
@@ -133,14 +116,8 @@ impl RedisSource {
                     url: display_url.clone(),
                     message: format!("cannot read tls_ca_file {}: {err}", path.display()),
                 })?;
-                Client::build_with_tls(
-                    info,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    },
-                )
-                .map_err(invalid)?
+                Client::build_with_tls(info, redis::TlsCertificates { client_tls: None, root_cert: Some(pem) })
+                    .map_err(invalid)?
             }
             None => Client::open(info).map_err(invalid)?,
         };
@@ -167,10 +144,7 @@ impl RedisSource {
             .await
             .map_err(|err| self.connect_error(err))?;
         // PING proves the handshake (and AUTH, if any) completed.
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-            .map_err(|err| self.connect_error(err))?;
+        redis::cmd("PING").query_async::<String>(&mut connection).await.map_err(|err| self.connect_error(err))?;
         Ok(connection)
     }
 
@@ -181,15 +155,9 @@ impl RedisSource {
             || message.contains("NOAUTH")
             || message.contains("invalid password");
         if auth {
-            Error::Auth {
-                url: self.display_url.clone(),
-                message,
-            }
+            Error::Auth { url: self.display_url.clone(), message }
         } else {
-            Error::Connect {
-                url: self.display_url.clone(),
-                message,
-            }
+            Error::Connect { url: self.display_url.clone(), message }
         }
     }
 
@@ -214,13 +182,9 @@ impl RedisSource {
         let mut scheduled = false;
         let (before, requested_at_server_secs) = loop {
             // Wait out a save that is already running: its data predates us.
-            let persistence = wait_until(
-                &mut connection,
-                deadline,
-                timeout,
-                "a running save to finish",
-                |info| field(info, "rdb_bgsave_in_progress") != Some("1"),
-            )
+            let persistence = wait_until(&mut connection, deadline, timeout, "a running save to finish", |info| {
+                field(info, "rdb_bgsave_in_progress") != Some("1")
+            })
             .await?;
             if persistence.waited {
                 waited_for_running_save = true;
@@ -235,8 +199,7 @@ impl RedisSource {
             }
             let now = server_time(&mut connection).await?;
 
-            let reply: redis::RedisResult<String> =
-                redis::cmd("BGSAVE").query_async(&mut connection).await;
+            let reply: redis::RedisResult<String> = redis::cmd("BGSAVE").query_async(&mut connection).await;
             match reply {
                 Ok(_) => break (before, now),
                 Err(err) if err.to_string().contains("already in progress") => {
@@ -244,16 +207,12 @@ impl RedisSource {
                     continue;
                 }
                 Err(err) if is_child_busy(&err) => {
-                    let reply: redis::RedisResult<String> = redis::cmd("BGSAVE")
-                        .arg("SCHEDULE")
-                        .query_async(&mut connection)
-                        .await;
+                    let reply: redis::RedisResult<String> =
+                        redis::cmd("BGSAVE").arg("SCHEDULE").query_async(&mut connection).await;
                     match reply {
                         Ok(_) => {
                             scheduled = true;
-                            tracing::info!(
-                                "an AOF rewrite is running; the save is scheduled to follow it"
-                            );
+                            tracing::info!("an AOF rewrite is running; the save is scheduled to follow it");
                             break (before, now);
                         }
                         Err(err) if err.to_string().contains("already in progress") => continue,
@@ -266,16 +225,9 @@ impl RedisSource {
 
         // Our save is done when none is running and the save counter moved past
         // the value noted before BGSAVE.
-        let done = wait_until(
-            &mut connection,
-            deadline,
-            timeout,
-            "our BGSAVE to finish",
-            |info| {
-                field(info, "rdb_bgsave_in_progress") != Some("1")
-                    && SaveMarker::read(info).is_after(&before)
-            },
-        );
+        let done = wait_until(&mut connection, deadline, timeout, "our BGSAVE to finish", |info| {
+            field(info, "rdb_bgsave_in_progress") != Some("1") && SaveMarker::read(info).is_after(&before)
+        });
         let done = match done.await {
             Ok(done) => done,
             Err(err) => {
@@ -298,18 +250,10 @@ impl RedisSource {
 
         let file = File::open(&path).map_err(|err| match err.kind() {
             std::io::ErrorKind::NotFound => Error::RdbMissing { path: path.clone() },
-            _ => Error::RdbOpen {
-                path: path.clone(),
-                message: err.to_string(),
-            },
+            _ => Error::RdbOpen { path: path.clone(), message: err.to_string() },
         })?;
-        let size = file
-            .metadata()
-            .map_err(|err| Error::RdbOpen {
-                path: path.clone(),
-                message: err.to_string(),
-            })?
-            .len();
+        let size =
+            file.metadata().map_err(|err| Error::RdbOpen { path: path.clone(), message: err.to_string() })?.len();
         if size < MIN_RDB_BYTES {
             return Err(Error::RdbTooShort { path, size });
         }
@@ -336,14 +280,8 @@ impl RedisSource {
                 let reply: redis::RedisResult<Vec<String>> = cmd.query_async(&mut connection).await;
                 match reply {
                     Ok(pair) if pair.len() == 2 => Ok(pair[1].clone()),
-                    Ok(pair) => Err(Error::RdbLocation {
-                        command,
-                        message: format!("unexpected reply {pair:?}"),
-                    }),
-                    Err(err) => Err(Error::RdbLocation {
-                        command,
-                        message: err.to_string(),
-                    }),
+                    Ok(pair) => Err(Error::RdbLocation { command, message: format!("unexpected reply {pair:?}") }),
+                    Err(err) => Err(Error::RdbLocation { command, message: err.to_string() }),
                 }
             }
         };
@@ -399,10 +337,7 @@ async fn wait_until(
         }
         waited = true;
         if Instant::now() >= deadline {
-            return Err(Error::Timeout {
-                waiting_for: waiting_for.to_string(),
-                after: timeout,
-            });
+            return Err(Error::Timeout { waiting_for: waiting_for.to_string(), after: timeout });
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -435,22 +370,14 @@ fn is_child_busy(err: &redis::RedisError) -> bool {
 }
 
 fn command_error(command: &str, err: redis::RedisError) -> Error {
-    Error::Command {
-        command: command.to_string(),
-        message: err.to_string(),
-    }
+    Error::Command { command: command.to_string(), message: err.to_string() }
 }
 
-async fn persistence_info(
-    connection: &mut MultiplexedConnection,
-) -> Result<HashMap<String, String>, Error> {
+async fn persistence_info(connection: &mut MultiplexedConnection) -> Result<HashMap<String, String>, Error> {
     info_section(connection, "persistence").await
 }
 
-async fn info_section(
-    connection: &mut MultiplexedConnection,
-    section: &str,
-) -> Result<HashMap<String, String>, Error> {
+async fn info_section(connection: &mut MultiplexedConnection, section: &str) -> Result<HashMap<String, String>, Error> {
     let text: String = redis::cmd("INFO")
         .arg(section)
         .query_async(connection)
@@ -472,10 +399,8 @@ async fn server_info(connection: &mut MultiplexedConnection) -> Result<ServerInf
 }
 
 async fn server_time(connection: &mut MultiplexedConnection) -> Result<i64, Error> {
-    let (secs, _micros): (i64, i64) = redis::cmd("TIME")
-        .query_async(connection)
-        .await
-        .map_err(|err| command_error("TIME", err))?;
+    let (secs, _micros): (i64, i64) =
+        redis::cmd("TIME").query_async(connection).await.map_err(|err| command_error("TIME", err))?;
     Ok(secs)
 }
 
@@ -498,9 +423,7 @@ mod tests {
 
     #[test]
     fn info_parsing_skips_titles() {
-        let info = parse_info(
-            "# Persistence\r\nloading:0\r\nrdb_saves:3\r\nrdb_last_bgsave_status:ok\r\n",
-        );
+        let info = parse_info("# Persistence\r\nloading:0\r\nrdb_saves:3\r\nrdb_last_bgsave_status:ok\r\n");
         assert_eq!(field(&info, "rdb_saves"), Some("3"));
         assert_eq!(field(&info, "rdb_last_bgsave_status"), Some("ok"));
         assert_eq!(info.len(), 3);
@@ -508,41 +431,11 @@ mod tests {
 
     #[test]
     fn save_counter_decides_freshness() {
-        let before = SaveMarker {
-            saves: Some(3),
-            lastsave: Some(100),
-        };
-        assert!(
-            SaveMarker {
-                saves: Some(4),
-                lastsave: Some(100)
-            }
-            .is_after(&before)
-        );
-        assert!(
-            !SaveMarker {
-                saves: Some(3),
-                lastsave: Some(101)
-            }
-            .is_after(&before)
-        );
-        let old = SaveMarker {
-            saves: None,
-            lastsave: Some(100),
-        };
-        assert!(
-            SaveMarker {
-                saves: None,
-                lastsave: Some(101)
-            }
-            .is_after(&old)
-        );
-        assert!(
-            !SaveMarker {
-                saves: None,
-                lastsave: Some(100)
-            }
-            .is_after(&old)
-        );
+        let before = SaveMarker { saves: Some(3), lastsave: Some(100) };
+        assert!(SaveMarker { saves: Some(4), lastsave: Some(100) }.is_after(&before));
+        assert!(!SaveMarker { saves: Some(3), lastsave: Some(101) }.is_after(&before));
+        let old = SaveMarker { saves: None, lastsave: Some(100) };
+        assert!(SaveMarker { saves: None, lastsave: Some(101) }.is_after(&old));
+        assert!(!SaveMarker { saves: None, lastsave: Some(100) }.is_after(&old));
     }
 }

@@ -43,10 +43,7 @@ fn read_oracle(dir: &PathBuf) -> Vec<Row> {
             continue;
         }
         let fields: Vec<&str> = line.split('\t').collect();
-        assert!(
-            fields.len() >= 6,
-            "oracle row with fewer than 6 columns: {line}"
-        );
+        assert!(fields.len() >= 6, "oracle row with fewer than 6 columns: {line}");
         rows.push(Row {
             file: fields[0].to_string(),
             kind: fields[1].to_string(),
@@ -80,8 +77,7 @@ fn walker_agrees_with_redis_check_rdb() {
         if row.kind != "rdb" && row.kind != "aof-rdb-preamble" {
             continue;
         }
-        let file = File::open(dir.join(&row.file))
-            .unwrap_or_else(|err| panic!("open {}: {err}", row.file));
+        let file = File::open(dir.join(&row.file)).unwrap_or_else(|err| panic!("open {}: {err}", row.file));
         let result = rdb::walk(BufReader::new(file));
         checked += 1;
 
@@ -90,50 +86,28 @@ fn walker_agrees_with_redis_check_rdb() {
             Ok(summary) => {
                 row.expected_valid
                     && row.keys.is_none_or(|keys| keys == summary.keys())
-                    && row
-                        .expires
-                        .is_none_or(|expires| expires == summary.expires())
+                    && row.expires.is_none_or(|expires| expires == summary.expires())
             }
             Err(_) => !row.expected_valid,
         };
         if agrees == known.is_some() {
             let got = match &result {
-                Ok(summary) => format!(
-                    "valid, {} keys, {} with expiry",
-                    summary.keys(),
-                    summary.expires()
-                ),
+                Ok(summary) => format!("valid, {} keys, {} with expiry", summary.keys(), summary.expires()),
                 Err(failure) => format!("invalid: {failure}"),
             };
             let expected = format!(
                 "{}, keys {:?}, expires {:?}",
-                if row.expected_valid {
-                    "valid"
-                } else {
-                    "invalid"
-                },
+                if row.expected_valid { "valid" } else { "invalid" },
                 row.keys,
                 row.expires
             );
             failures.push(match known {
-                Some((_, reason)) => format!(
-                    "{}: listed as a known difference ({reason}) but agrees: {got}",
-                    row.file
-                ),
+                Some((_, reason)) => format!("{}: listed as a known difference ({reason}) but agrees: {got}", row.file),
                 None => format!("{}: expected {expected}, got {got}", row.file),
             });
         }
     }
-    assert!(
-        checked > 0,
-        "oracle.tsv in {} lists no RDB files",
-        dir.display()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {checked} files disagree:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(checked > 0, "oracle.tsv in {} lists no RDB files", dir.display());
+    assert!(failures.is_empty(), "{} of {checked} files disagree:\n{}", failures.len(), failures.join("\n"));
     eprintln!("checked {checked} RDB files from {}", dir.display());
 }

@@ -29,21 +29,13 @@ pub(crate) struct CompactError {
 
 impl CompactError {
     pub(crate) fn new(pos: u64, message: impl Into<String>) -> Self {
-        CompactError {
-            pos,
-            message: message.into(),
-            source: None,
-        }
+        CompactError { pos, message: message.into(), source: None }
     }
 }
 
 impl From<super::Error> for CompactError {
     fn from(err: super::Error) -> Self {
-        CompactError {
-            pos: 0,
-            message: String::new(),
-            source: Some(err),
-        }
+        CompactError { pos: 0, message: String::new(), source: Some(err) }
     }
 }
 
@@ -63,11 +55,7 @@ pub(crate) enum Want<'k> {
 #[derive(Debug)]
 pub(crate) enum Element {
     Int(i64),
-    Str {
-        len: u64,
-        fingerprint: Option<Fingerprint>,
-        prefix: Vec<u8>,
-    },
+    Str { len: u64, fingerprint: Option<Fingerprint>, prefix: Vec<u8> },
 }
 
 impl Element {
@@ -83,11 +71,9 @@ impl Element {
 
     fn from_int(value: i64, want: Want<'_>) -> Element {
         match want {
-            Want::Fingerprint(keys) => Element::Str {
-                len: 0,
-                fingerprint: Some(keys.of(value.to_string().as_bytes())),
-                prefix: Vec::new(),
-            },
+            Want::Fingerprint(keys) => {
+                Element::Str { len: 0, fingerprint: Some(keys.of(value.to_string().as_bytes())), prefix: Vec::new() }
+            }
             _ => Element::Int(value),
         }
     }
@@ -127,39 +113,23 @@ pub(crate) fn parse_i64(text: &[u8]) -> Option<i64> {
     }
 }
 
-fn read_string_content<R: Read>(
-    reader: &mut ValueReader<'_, R>,
-    len: u64,
-    want: Want<'_>,
-) -> CompactResult<Element> {
+fn read_string_content<R: Read>(reader: &mut ValueReader<'_, R>, len: u64, want: Want<'_>) -> CompactResult<Element> {
     match want {
         Want::Skip => {
             reader.skip(len)?;
-            Ok(Element::Str {
-                len,
-                fingerprint: None,
-                prefix: Vec::new(),
-            })
+            Ok(Element::Str { len, fingerprint: None, prefix: Vec::new() })
         }
         Want::Fingerprint(keys) => {
             let mut builder = keys.start();
             reader.feed(len, &mut |chunk| builder.update(chunk))?;
-            Ok(Element::Str {
-                len,
-                fingerprint: Some(builder.finish()),
-                prefix: Vec::new(),
-            })
+            Ok(Element::Str { len, fingerprint: Some(builder.finish()), prefix: Vec::new() })
         }
         Want::Prefix(cap) => {
             let keep = len.min(cap as u64) as usize;
             let mut prefix = vec![0u8; keep];
             reader.read_exact(&mut prefix)?;
             reader.skip(len - keep as u64)?;
-            Ok(Element::Str {
-                len,
-                fingerprint: None,
-                prefix,
-            })
+            Ok(Element::Str { len, fingerprint: None, prefix })
         }
     }
 }
@@ -211,10 +181,7 @@ impl<'r, 'a, R: Read> Listpack<'r, 'a, R> {
     pub(crate) fn open(reader: &'r mut ValueReader<'a, R>) -> CompactResult<Self> {
         let size = reader.len();
         if size < LP_HEADER + 1 {
-            return Err(CompactError::new(
-                0,
-                format!("listpack of {size} bytes is shorter than its 7-byte minimum"),
-            ));
+            return Err(CompactError::new(0, format!("listpack of {size} bytes is shorter than its 7-byte minimum")));
         }
         let mut header = [0u8; 6];
         reader.read_exact(&mut header)?;
@@ -222,19 +189,11 @@ impl<'r, 'a, R: Read> Listpack<'r, 'a, R> {
         if declared != size {
             return Err(CompactError::new(
                 0,
-                format!(
-                    "listpack header declares {declared} bytes, expected the string length {size}"
-                ),
+                format!("listpack header declares {declared} bytes, expected the string length {size}"),
             ));
         }
         let numele = u16::from_le_bytes([header[4], header[5]]);
-        Ok(Listpack {
-            reader,
-            size,
-            numele,
-            count: 0,
-            ended: false,
-        })
+        Ok(Listpack { reader, size, numele, count: 0, ended: false })
     }
 
     /// Reads the next entry, or returns `None` at the end byte.
@@ -245,10 +204,7 @@ impl<'r, 'a, R: Read> Listpack<'r, 'a, R> {
         let start = self.reader.pos();
         let last = self.size - 1;
         if start > last {
-            return Err(CompactError::new(
-                start,
-                "listpack entry starts past the end of the listpack",
-            ));
+            return Err(CompactError::new(start, "listpack entry starts past the end of the listpack"));
         }
         let first = self.reader.read_u8()?;
         if first == LP_EOF {
@@ -257,16 +213,10 @@ impl<'r, 'a, R: Read> Listpack<'r, 'a, R> {
         }
         let header_bytes = lp_header_bytes(first);
         if header_bytes == 0 {
-            return Err(CompactError::new(
-                start,
-                format!("invalid listpack entry encoding 0x{first:02x}"),
-            ));
+            return Err(CompactError::new(start, format!("invalid listpack entry encoding 0x{first:02x}")));
         }
         if start + header_bytes > last {
-            return Err(CompactError::new(
-                start,
-                "listpack entry header runs past the end of the listpack",
-            ));
+            return Err(CompactError::new(start, "listpack entry header runs past the end of the listpack"));
         }
         let mut extra = [0u8; 4];
         let extra = &mut extra[..(header_bytes - 1) as usize];
@@ -298,10 +248,7 @@ impl<'r, 'a, R: Read> Listpack<'r, 'a, R> {
         if start + entry_len + backlen_bytes > last {
             return Err(CompactError::new(
                 start,
-                format!(
-                    "listpack entry of {} bytes runs past the end of the listpack",
-                    entry_len + backlen_bytes
-                ),
+                format!("listpack entry of {} bytes runs past the end of the listpack", entry_len + backlen_bytes),
             ));
         }
 
@@ -315,8 +262,7 @@ impl<'r, 'a, R: Read> Listpack<'r, 'a, R> {
         };
 
         let mut backlen = [0u8; 5];
-        self.reader
-            .read_exact(&mut backlen[..backlen_bytes as usize])?;
+        self.reader.read_exact(&mut backlen[..backlen_bytes as usize])?;
         // Decode backwards from the last byte, as Redis does: the walk may go
         // past the back-length into the entry's own bytes when the back-length
         // is malformed, and at most five bytes are read.
@@ -351,18 +297,12 @@ impl<'r, 'a, R: Read> Listpack<'r, 'a, R> {
         while self.next(Want::Skip)?.is_some() {}
         let end = self.reader.pos() - 1;
         if end != self.size - 1 {
-            return Err(CompactError::new(
-                end,
-                "listpack end byte is not the last byte of the listpack",
-            ));
+            return Err(CompactError::new(end, "listpack end byte is not the last byte of the listpack"));
         }
         if self.numele != u16::MAX && self.numele as u64 != self.count {
             return Err(CompactError::new(
                 0,
-                format!(
-                    "listpack header counts {} entries, found {}",
-                    self.numele, self.count
-                ),
+                format!("listpack header counts {} entries, found {}", self.numele, self.count),
             ));
         }
         Ok(self.count)
@@ -375,10 +315,7 @@ impl<'r, 'a, R: Read> Listpack<'r, 'a, R> {
         let left = self.size - self.reader.pos();
         self.reader.skip(left)?;
         if self.reader.tail_byte(0) != LP_EOF {
-            return Err(CompactError::new(
-                self.size - 1,
-                "listpack does not end with the end byte 0xff",
-            ));
+            return Err(CompactError::new(self.size - 1, "listpack does not end with the end byte 0xff"));
         }
         Ok(())
     }
@@ -387,34 +324,14 @@ impl<'r, 'a, R: Read> Listpack<'r, 'a, R> {
 fn lp_decode_int(first: u8, payload: &[u8; 8]) -> i64 {
     let (unsigned, negative_start, negative_max): (u64, u64, u64) = match first {
         0x00..=0x7F => return (first & 0x7F) as i64,
-        0xC0..=0xDF => (
-            (((first & 0x1F) as u64) << 8) | payload[0] as u64,
-            1 << 12,
-            8191,
-        ),
-        0xF1 => (
-            u16::from_le_bytes([payload[0], payload[1]]) as u64,
-            1 << 15,
-            u16::MAX as u64,
-        ),
-        0xF2 => (
-            u32::from_le_bytes([payload[0], payload[1], payload[2], 0]) as u64,
-            1 << 23,
-            u32::MAX as u64 >> 8,
-        ),
-        0xF3 => (
-            u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) as u64,
-            1 << 31,
-            u32::MAX as u64,
-        ),
+        0xC0..=0xDF => ((((first & 0x1F) as u64) << 8) | payload[0] as u64, 1 << 12, 8191),
+        0xF1 => (u16::from_le_bytes([payload[0], payload[1]]) as u64, 1 << 15, u16::MAX as u64),
+        0xF2 => (u32::from_le_bytes([payload[0], payload[1], payload[2], 0]) as u64, 1 << 23, u32::MAX as u64 >> 8),
+        0xF3 => (u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) as u64, 1 << 31, u32::MAX as u64),
         0xF4 => (u64::from_le_bytes(*payload), 1 << 63, u64::MAX),
         _ => unreachable!("not an integer encoding"),
     };
-    if unsigned >= negative_start {
-        -((negative_max - unsigned) as i64) - 1
-    } else {
-        unsigned as i64
-    }
+    if unsigned >= negative_start { -((negative_max - unsigned) as i64) - 1 } else { unsigned as i64 }
 }
 
 // ----------------------------------------------------------------- ziplist
@@ -438,10 +355,7 @@ impl<'r, 'a, R: Read> Ziplist<'r, 'a, R> {
     pub(crate) fn open(reader: &'r mut ValueReader<'a, R>) -> CompactResult<Self> {
         let size = reader.len();
         if size < ZL_HEADER + 1 {
-            return Err(CompactError::new(
-                0,
-                format!("ziplist of {size} bytes is shorter than its 11-byte minimum"),
-            ));
+            return Err(CompactError::new(0, format!("ziplist of {size} bytes is shorter than its 11-byte minimum")));
         }
         let mut header = [0u8; 10];
         reader.read_exact(&mut header)?;
@@ -449,17 +363,12 @@ impl<'r, 'a, R: Read> Ziplist<'r, 'a, R> {
         if declared != size {
             return Err(CompactError::new(
                 0,
-                format!(
-                    "ziplist header declares {declared} bytes, expected the string length {size}"
-                ),
+                format!("ziplist header declares {declared} bytes, expected the string length {size}"),
             ));
         }
         let tail_offset = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as u64;
         if tail_offset > size - 1 {
-            return Err(CompactError::new(
-                4,
-                format!("ziplist tail offset {tail_offset} is past its end"),
-            ));
+            return Err(CompactError::new(4, format!("ziplist tail offset {tail_offset} is past its end")));
         }
         let declared_count = u16::from_le_bytes([header[8], header[9]]);
         Ok(Ziplist {
@@ -489,10 +398,7 @@ impl<'r, 'a, R: Read> Ziplist<'r, 'a, R> {
         // Length of the previous entry: one byte, or 0xFE and four bytes.
         let prev_len_bytes = if first < 254 { 1 } else { 5 };
         if start + prev_len_bytes > last {
-            return Err(CompactError::new(
-                start,
-                "ziplist entry header runs past the end of the ziplist",
-            ));
+            return Err(CompactError::new(start, "ziplist entry header runs past the end of the ziplist"));
         }
         let prev_len = if prev_len_bytes == 1 {
             first as u64
@@ -514,21 +420,14 @@ impl<'r, 'a, R: Read> Ziplist<'r, 'a, R> {
             0xFE => (1, Some(1)),
             0xF1..=0xFD => (1, Some(0)),
             _ => {
-                return Err(CompactError::new(
-                    start,
-                    format!("invalid ziplist entry encoding 0x{encoding:02x}"),
-                ));
+                return Err(CompactError::new(start, format!("invalid ziplist entry encoding 0x{encoding:02x}")));
             }
         };
         if start + prev_len_bytes + len_bytes > last {
-            return Err(CompactError::new(
-                start,
-                "ziplist entry header runs past the end of the ziplist",
-            ));
+            return Err(CompactError::new(start, "ziplist entry header runs past the end of the ziplist"));
         }
         let mut len_extra = [0u8; 4];
-        self.reader
-            .read_exact(&mut len_extra[..(len_bytes - 1) as usize])?;
+        self.reader.read_exact(&mut len_extra[..(len_bytes - 1) as usize])?;
         let data_len = match (encoding, int_bytes) {
             (_, Some(bytes)) => bytes,
             (0x00..=0x3F, None) => (encoding & 0x3F) as u64,
@@ -539,18 +438,13 @@ impl<'r, 'a, R: Read> Ziplist<'r, 'a, R> {
         if start + header_size + data_len > last {
             return Err(CompactError::new(
                 start,
-                format!(
-                    "ziplist entry of {} bytes runs past the end of the ziplist",
-                    header_size + data_len
-                ),
+                format!("ziplist entry of {} bytes runs past the end of the ziplist", header_size + data_len),
             ));
         }
         if prev_len > start || start - prev_len < ZL_HEADER {
             return Err(CompactError::new(
                 start,
-                format!(
-                    "ziplist entry's previous-entry length {prev_len} points before the first entry"
-                ),
+                format!("ziplist entry's previous-entry length {prev_len} points before the first entry"),
             ));
         }
         if prev_len != self.previous_size {
@@ -571,12 +465,8 @@ impl<'r, 'a, R: Read> Ziplist<'r, 'a, R> {
                 let value = match encoding {
                     0xFE => payload[0] as i8 as i64,
                     0xC0 => i16::from_le_bytes([payload[0], payload[1]]) as i64,
-                    0xF0 => {
-                        (i32::from_le_bytes([0, payload[0], payload[1], payload[2]]) >> 8) as i64
-                    }
-                    0xD0 => {
-                        i32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) as i64
-                    }
+                    0xF0 => (i32::from_le_bytes([0, payload[0], payload[1], payload[2]]) >> 8) as i64,
+                    0xD0 => i32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) as i64,
                     0xE0 => i64::from_le_bytes(payload),
                     _ => ((encoding & 0x0F) as i64) - 1,
                 };
@@ -594,10 +484,7 @@ impl<'r, 'a, R: Read> Ziplist<'r, 'a, R> {
         while self.next(Want::Skip)?.is_some() {}
         let end = self.reader.pos() - 1;
         if end != self.size - 1 {
-            return Err(CompactError::new(
-                end,
-                "ziplist end byte is not the last byte of the ziplist",
-            ));
+            return Err(CompactError::new(end, "ziplist end byte is not the last byte of the ziplist"));
         }
         if let Some(previous_start) = self.previous_start {
             if previous_start != self.tail_offset {
@@ -613,10 +500,7 @@ impl<'r, 'a, R: Read> Ziplist<'r, 'a, R> {
         if self.declared_count != u16::MAX && self.declared_count as u64 != self.count {
             return Err(CompactError::new(
                 8,
-                format!(
-                    "ziplist header counts {} entries, found {}",
-                    self.declared_count, self.count
-                ),
+                format!("ziplist header counts {} entries, found {}", self.declared_count, self.count),
             ));
         }
         Ok(self.count)
@@ -631,19 +515,13 @@ impl<'r, 'a, R: Read> Ziplist<'r, 'a, R> {
 pub(crate) fn check_intset<R: Read>(reader: &mut ValueReader<'_, R>) -> CompactResult<u64> {
     let size = reader.len();
     if size < 8 {
-        return Err(CompactError::new(
-            0,
-            format!("intset of {size} bytes is shorter than its 8-byte header"),
-        ));
+        return Err(CompactError::new(0, format!("intset of {size} bytes is shorter than its 8-byte header")));
     }
     let mut header = [0u8; 8];
     reader.read_exact(&mut header)?;
     let width = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
     if !matches!(width, 2 | 4 | 8) {
-        return Err(CompactError::new(
-            0,
-            format!("intset member width is {width}, expected 2, 4 or 8"),
-        ));
+        return Err(CompactError::new(0, format!("intset member width is {width}, expected 2, 4 or 8")));
     }
     let count = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as u64;
     if 8 + count * width != size {
@@ -669,9 +547,7 @@ pub(crate) fn check_intset<R: Read>(reader: &mut ValueReader<'_, R>) -> CompactR
             if value <= previous {
                 return Err(CompactError::new(
                     8 + index * width,
-                    format!(
-                        "intset member {value} is not greater than the previous member {previous}"
-                    ),
+                    format!("intset member {value} is not greater than the previous member {previous}"),
                 ));
             }
         }
@@ -695,10 +571,7 @@ pub(crate) fn check_zipmap<R: Read>(
 ) -> CompactResult<u64> {
     let size = reader.len();
     if size < 2 {
-        return Err(CompactError::new(
-            0,
-            format!("zipmap of {size} bytes is shorter than its 2-byte minimum"),
-        ));
+        return Err(CompactError::new(0, format!("zipmap of {size} bytes is shorter than its 2-byte minimum")));
     }
     let last = size - 1;
     let declared_count = reader.read_u8()?;
@@ -715,10 +588,7 @@ pub(crate) fn check_zipmap<R: Read>(
         let field_len = read_zipmap_len(reader, first, start, last)?;
         let field_start = reader.pos();
         if field_start + field_len > last {
-            return Err(CompactError::new(
-                start,
-                "zipmap field runs past the end of the zipmap",
-            ));
+            return Err(CompactError::new(start, "zipmap field runs past the end of the zipmap"));
         }
         let mut builder = keys.start();
         reader.feed(field_len, &mut |chunk| builder.update(chunk))?;
@@ -732,20 +602,14 @@ pub(crate) fn check_zipmap<R: Read>(
         // length near 4 GiB wraps around; mirror that to accept the same files.
         let skip = (value_len as u32).wrapping_add(free) as u64;
         if reader.pos() + skip > last {
-            return Err(CompactError::new(
-                value_start,
-                "zipmap value runs past the end of the zipmap",
-            ));
+            return Err(CompactError::new(value_start, "zipmap value runs past the end of the zipmap"));
         }
         reader.skip(skip)?;
         count += 1;
 
         converted_bytes += field_len + value_len + 22;
         if !on_field(field) || converted_bytes > (1 << 30) {
-            return Err(CompactError::new(
-                start,
-                "zipmap has a duplicate field or a length too big for a hash",
-            ));
+            return Err(CompactError::new(start, "zipmap has a duplicate field or a length too big for a hash"));
         }
     }
     // Redis stops at the first end byte and only requires the last byte of the
@@ -753,37 +617,23 @@ pub(crate) fn check_zipmap<R: Read>(
     let left = size - reader.pos();
     reader.skip(left)?;
     if reader.tail_byte(0) != ZIPMAP_END {
-        return Err(CompactError::new(
-            last,
-            "zipmap does not end with the end byte 0xff",
-        ));
+        return Err(CompactError::new(last, "zipmap does not end with the end byte 0xff"));
     }
     if count == 0 {
         return Err(CompactError::new(0, "zipmap is empty"));
     }
     if declared_count != ZIPMAP_BIGLEN && declared_count as u64 != count {
-        return Err(CompactError::new(
-            0,
-            format!("zipmap header counts {declared_count} pairs, found {count}"),
-        ));
+        return Err(CompactError::new(0, format!("zipmap header counts {declared_count} pairs, found {count}")));
     }
     Ok(count)
 }
 
 /// Reads a zipmap length whose first byte was `first`: the byte itself below
 /// 254, else a 32-bit little-endian length.
-fn read_zipmap_len<R: Read>(
-    reader: &mut ValueReader<'_, R>,
-    first: u8,
-    start: u64,
-    last: u64,
-) -> CompactResult<u64> {
+fn read_zipmap_len<R: Read>(reader: &mut ValueReader<'_, R>, first: u8, start: u64, last: u64) -> CompactResult<u64> {
     let encoded_bytes = if first < ZIPMAP_BIGLEN { 1 } else { 5 };
     if start + encoded_bytes > last {
-        return Err(CompactError::new(
-            start,
-            "zipmap length runs past the end of the zipmap",
-        ));
+        return Err(CompactError::new(start, "zipmap length runs past the end of the zipmap"));
     }
     if first < ZIPMAP_BIGLEN {
         return Ok(first as u64);
@@ -817,14 +667,8 @@ mod tests {
         // 13-bit: 0x1FFF is -1.
         assert_eq!(lp_decode_int(0xDF, &[0xFF, 0, 0, 0, 0, 0, 0, 0]), -1);
         assert_eq!(lp_decode_int(0xF1, &[0x00, 0x80, 0, 0, 0, 0, 0, 0]), -32768);
-        assert_eq!(
-            lp_decode_int(0xF2, &[0xFF, 0xFF, 0x7F, 0, 0, 0, 0, 0]),
-            8388607
-        );
-        assert_eq!(
-            lp_decode_int(0xF3, &[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]),
-            -1
-        );
+        assert_eq!(lp_decode_int(0xF2, &[0xFF, 0xFF, 0x7F, 0, 0, 0, 0, 0]), 8388607);
+        assert_eq!(lp_decode_int(0xF3, &[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]), -1);
         assert_eq!(lp_decode_int(0xF4, &(-5i64).to_le_bytes()), -5);
     }
 

@@ -23,18 +23,11 @@ pub(crate) struct FingerprintKeys {
 
 impl FingerprintKeys {
     pub(crate) fn new() -> Self {
-        FingerprintKeys {
-            first: RandomState::new(),
-            second: RandomState::new(),
-        }
+        FingerprintKeys { first: RandomState::new(), second: RandomState::new() }
     }
 
     pub(crate) fn start(&self) -> FingerprintBuilder {
-        FingerprintBuilder {
-            first: self.first.build_hasher(),
-            second: self.second.build_hasher(),
-            len: 0,
-        }
+        FingerprintBuilder { first: self.first.build_hasher(), second: self.second.build_hasher(), len: 0 }
     }
 
     pub(crate) fn of(&self, bytes: &[u8]) -> Fingerprint {

@@ -83,10 +83,7 @@ impl<R: Read> Input<R> {
     }
 
     fn eof_error(&self, wanted: &str) -> Error {
-        Error::at(
-            self.base + self.end as u64,
-            format!("unexpected end of file while reading {wanted}"),
-        )
+        Error::at(self.base + self.end as u64, format!("unexpected end of file while reading {wanted}"))
     }
 
     pub(crate) fn read_u8(&mut self, wanted: &str) -> Result<u8, Error> {

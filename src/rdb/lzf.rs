@@ -32,10 +32,7 @@ impl std::fmt::Display for LzfError {
                 "back reference of distance {distance} points before the start of the output ({produced} bytes produced)"
             ),
             LzfError::TooShort { produced } => {
-                write!(
-                    f,
-                    "decompressed data is shorter than the declared length ({produced} bytes)"
-                )
+                write!(f, "decompressed data is shorter than the declared length ({produced} bytes)")
             }
         }
     }
@@ -148,14 +145,8 @@ impl LzfDecoder {
                         }
                     }
                     self.produced += step as u64;
-                    self.pending = if step < left {
-                        Pending::Copy {
-                            distance,
-                            left: left - step,
-                        }
-                    } else {
-                        Pending::None
-                    };
+                    self.pending =
+                        if step < left { Pending::Copy { distance, left: left - step } } else { Pending::None };
                 }
                 Pending::None => {
                     if ip == input.len() {
@@ -193,16 +184,10 @@ impl LzfDecoder {
                             return Err(LzfError::TooLong);
                         }
                         if distance as u64 > self.produced {
-                            return Err(LzfError::BadReference {
-                                distance,
-                                produced: self.produced,
-                            });
+                            return Err(LzfError::BadReference { distance, produced: self.produced });
                         }
                         ip = pos;
-                        self.pending = Pending::Copy {
-                            distance,
-                            left: count,
-                        };
+                        self.pending = Pending::Copy { distance, left: count };
                     }
                 }
             }
@@ -216,9 +201,7 @@ impl LzfDecoder {
             return Err(LzfError::Truncated);
         }
         if self.produced != self.declared {
-            return Err(LzfError::TooShort {
-                produced: self.produced,
-            });
+            return Err(LzfError::TooShort { produced: self.produced });
         }
         Ok(())
     }
@@ -277,10 +260,7 @@ mod tests {
     #[test]
     fn reference_before_start_is_rejected() {
         let data = [0, b'x', (1 << 5), 5];
-        assert!(matches!(
-            decode_all(&data, 4, 64),
-            Err(LzfError::BadReference { .. })
-        ));
+        assert!(matches!(decode_all(&data, 4, 64), Err(LzfError::BadReference { .. })));
     }
 
     #[test]
@@ -292,10 +272,7 @@ mod tests {
     #[test]
     fn output_shorter_than_declared_is_rejected() {
         let data = [2, b'a', b'b', b'c'];
-        assert_eq!(
-            decode_all(&data, 4, 64),
-            Err(LzfError::TooShort { produced: 3 })
-        );
+        assert_eq!(decode_all(&data, 4, 64), Err(LzfError::TooShort { produced: 3 }));
     }
 
     #[test]

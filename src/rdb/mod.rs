@@ -120,10 +120,7 @@ impl Summary {
 
     /// Value of an AUX field, if the file has it.
     pub fn aux_field(&self, name: &str) -> Option<&str> {
-        self.aux
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        self.aux.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
     }
 }
 
@@ -147,19 +144,11 @@ pub struct Error {
 
 impl Error {
     pub(crate) fn at(offset: u64, message: impl Into<String>) -> Self {
-        Error {
-            offset,
-            message: message.into(),
-            kind: ErrorKind::Invalid,
-        }
+        Error { offset, message: message.into(), kind: ErrorKind::Invalid }
     }
 
     fn io(offset: u64, err: io::Error) -> Self {
-        Error {
-            offset,
-            message: format!("read failed: {err}"),
-            kind: ErrorKind::Io,
-        }
+        Error { offset, message: format!("read failed: {err}"), kind: ErrorKind::Io }
     }
 }
 
@@ -191,10 +180,7 @@ pub fn walk<R: Read>(reader: R) -> Result<Summary, Failure> {
     let mut walker = Walker::new(reader);
     match walker.run() {
         Ok(()) => Ok(walker.summary),
-        Err(error) => Err(Failure {
-            error,
-            partial: Box::new(walker.summary),
-        }),
+        Err(error) => Err(Failure { error, partial: Box::new(walker.summary) }),
     }
 }
 
@@ -266,8 +252,7 @@ impl<R: Read> Walker<R> {
                     expire_pending = true;
                 }
                 OPCODE_EXPIRETIME_MS => {
-                    self.input
-                        .read_array::<8>("an expire time in milliseconds")?;
+                    self.input.read_array::<8>("an expire time in milliseconds")?;
                     expire_pending = true;
                 }
                 OPCODE_FREQ => {
@@ -312,9 +297,7 @@ impl<R: Read> Walker<R> {
                     let Some(kind) = values::ValueType::from_byte(byte, self.summary.format) else {
                         return Err(Error::at(
                             type_offset,
-                            format!(
-                                "key metadata is followed by 0x{byte:02x}, expected a value type"
-                            ),
+                            format!("key metadata is followed by 0x{byte:02x}, expected a value type"),
                         ));
                     };
                     self.read_key_value(db, kind, expire_pending)?;
@@ -324,8 +307,7 @@ impl<R: Read> Walker<R> {
                     self.read_slot_import(opcode_offset)?;
                 }
                 _ => {
-                    let Some(kind) = values::ValueType::from_byte(opcode, self.summary.format)
-                    else {
+                    let Some(kind) = values::ValueType::from_byte(opcode, self.summary.format) else {
                         return Err(Error::at(
                             opcode_offset,
                             format!(
@@ -362,34 +344,20 @@ impl<R: Read> Walker<R> {
             .filter(|text| text.bytes().all(|byte| byte.is_ascii_digit()))
             .and_then(|text| text.parse::<u32>().ok())
             .ok_or_else(|| {
-                Error::at(
-                    0,
-                    format!(
-                        "RDB version {:?} is not a number",
-                        String::from_utf8_lossy(digits)
-                    ),
-                )
+                Error::at(0, format!("RDB version {:?} is not a number", String::from_utf8_lossy(digits)))
             })?;
         let supported = match format {
             Format::Redis => (1..=MAX_REDIS_VERSION).contains(&version),
-            Format::Valkey => {
-                (values::MIN_VALKEY_VERSION..=values::MAX_VALKEY_VERSION).contains(&version)
-            }
+            Format::Valkey => (values::MIN_VALKEY_VERSION..=values::MAX_VALKEY_VERSION).contains(&version),
         };
         if !supported {
             let range = match format {
                 Format::Redis => format!("1 to {MAX_REDIS_VERSION}"),
-                Format::Valkey => format!(
-                    "{} to {}",
-                    values::MIN_VALKEY_VERSION,
-                    values::MAX_VALKEY_VERSION
-                ),
+                Format::Valkey => format!("{} to {}", values::MIN_VALKEY_VERSION, values::MAX_VALKEY_VERSION),
             };
             return Err(Error::at(
                 5,
-                format!(
-                    "cannot handle RDB format version {version}; this walker reads versions {range}"
-                ),
+                format!("cannot handle RDB format version {version}; this walker reads versions {range}"),
             ));
         }
         self.summary.format = format;
@@ -408,9 +376,7 @@ impl<R: Read> Walker<R> {
             } else if stored != computed {
                 return Err(Error::at(
                     trailer_offset,
-                    format!(
-                        "CRC-64 mismatch: the trailer says {stored:016x}, the file's bytes give {computed:016x}"
-                    ),
+                    format!("CRC-64 mismatch: the trailer says {stored:016x}, the file's bytes give {computed:016x}"),
                 ));
             } else {
                 Checksum::Verified(stored)
@@ -436,9 +402,7 @@ impl<R: Read> Walker<R> {
             }
             3 => Length::Encoded(first & 0x3F),
             _ => match first {
-                0x80 => {
-                    Length::Plain(u32::from_be_bytes(self.input.read_array::<4>(wanted)?) as u64)
-                }
+                0x80 => Length::Plain(u32::from_be_bytes(self.input.read_array::<4>(wanted)?) as u64),
                 0x81 => Length::Plain(u64::from_be_bytes(self.input.read_array::<8>(wanted)?)),
                 _ => {
                     return Err(Error::at(
@@ -462,22 +426,15 @@ impl<R: Read> Walker<R> {
         Ok(match self.read_length(wanted)? {
             Length::Plain(len) => StringHeader::Raw(len),
             Length::Encoded(0) => StringHeader::Int(self.input.read_u8(wanted)? as i8 as i64),
-            Length::Encoded(1) => {
-                StringHeader::Int(i16::from_le_bytes(self.input.read_array::<2>(wanted)?) as i64)
-            }
-            Length::Encoded(2) => {
-                StringHeader::Int(i32::from_le_bytes(self.input.read_array::<4>(wanted)?) as i64)
-            }
+            Length::Encoded(1) => StringHeader::Int(i16::from_le_bytes(self.input.read_array::<2>(wanted)?) as i64),
+            Length::Encoded(2) => StringHeader::Int(i32::from_le_bytes(self.input.read_array::<4>(wanted)?) as i64),
             Length::Encoded(3) => {
                 let compressed = self.read_len(wanted)?;
                 let len = self.read_len(wanted)?;
                 StringHeader::Lzf { compressed, len }
             }
             Length::Encoded(other) => {
-                return Err(Error::at(
-                    offset,
-                    format!("unknown string encoding {other} while reading {wanted}"),
-                ));
+                return Err(Error::at(offset, format!("unknown string encoding {other} while reading {wanted}")));
             }
         })
     }
@@ -486,12 +443,7 @@ impl<R: Read> Walker<R> {
     pub(crate) fn open_string(&mut self, wanted: &str) -> Result<ValueReader<'_, R>, Error> {
         let offset = self.input.offset();
         let header = self.read_string_header(wanted)?;
-        Ok(ValueReader::new(
-            &mut self.input,
-            &mut self.lzf,
-            header,
-            offset,
-        ))
+        Ok(ValueReader::new(&mut self.input, &mut self.lzf, header, offset))
     }
 
     /// Opens a string like `open_string` and also lends the fingerprint keys.
@@ -501,10 +453,7 @@ impl<R: Read> Walker<R> {
     ) -> Result<(ValueReader<'_, R>, &dedup::FingerprintKeys), Error> {
         let offset = self.input.offset();
         let header = self.read_string_header(wanted)?;
-        Ok((
-            ValueReader::new(&mut self.input, &mut self.lzf, header, offset),
-            &self.keys,
-        ))
+        Ok((ValueReader::new(&mut self.input, &mut self.lzf, header, offset), &self.keys))
     }
 
     pub(crate) fn skip_string(&mut self, wanted: &str) -> Result<u64, Error> {
@@ -515,11 +464,7 @@ impl<R: Read> Walker<R> {
     }
 
     /// Reads a string, keeping at most `cap` bytes; returns them and the full length.
-    pub(crate) fn read_string_prefix(
-        &mut self,
-        wanted: &str,
-        cap: usize,
-    ) -> Result<(Vec<u8>, u64), Error> {
+    pub(crate) fn read_string_prefix(&mut self, wanted: &str, cap: usize) -> Result<(Vec<u8>, u64), Error> {
         let mut reader = self.open_string(wanted)?;
         let len = reader.len();
         let keep = len.min(cap as u64) as usize;
@@ -547,10 +492,9 @@ impl<R: Read> Walker<R> {
         let (key, _) = self.read_string_prefix("an AUX field name", AUX_VALUE_BYTES)?;
         let (value, _) = self.read_string_prefix("an AUX field value", AUX_VALUE_BYTES)?;
         if self.summary.aux.len() < AUX_FIELDS_KEPT {
-            self.summary.aux.push((
-                String::from_utf8_lossy(&key).into_owned(),
-                String::from_utf8_lossy(&value).into_owned(),
-            ));
+            self.summary
+                .aux
+                .push((String::from_utf8_lossy(&key).into_owned(), String::from_utf8_lossy(&value).into_owned()));
         }
         Ok(())
     }
@@ -607,10 +551,7 @@ impl<R: Read> Walker<R> {
     fn read_key_meta(&mut self, offset: u64) -> Result<(), Error> {
         let classes = self.read_len("a key metadata class count")?;
         if classes > 7 {
-            return Err(Error::at(
-                offset,
-                format!("key metadata names {classes} classes, at most 7 are possible"),
-            ));
+            return Err(Error::at(offset, format!("key metadata names {classes} classes, at most 7 are possible")));
         }
         for _ in 0..classes {
             self.input.read_array::<4>("a key metadata class spec")?;
@@ -623,10 +564,7 @@ impl<R: Read> Walker<R> {
     fn read_slot_import(&mut self, offset: u64) -> Result<(), Error> {
         let name_len = self.skip_string("a slot import job name")?;
         if name_len != 40 {
-            return Err(Error::at(
-                offset,
-                format!("slot import job name is {name_len} bytes, expected 40"),
-            ));
+            return Err(Error::at(offset, format!("slot import job name is {name_len} bytes, expected 40")));
         }
         let ranges = self.read_len("a slot import range count")?;
         for _ in 0..ranges {
@@ -634,21 +572,13 @@ impl<R: Read> Walker<R> {
             let start = self.read_len("a slot import range start")?;
             let end = self.read_len("a slot import range end")?;
             if start > end || end > 16383 {
-                return Err(Error::at(
-                    range_offset,
-                    format!("slot import range {start}-{end} is not within 0-16383"),
-                ));
+                return Err(Error::at(range_offset, format!("slot import range {start}-{end} is not within 0-16383")));
             }
         }
         Ok(())
     }
 
-    fn read_key_value(
-        &mut self,
-        db: u64,
-        kind: values::ValueType,
-        has_expire: bool,
-    ) -> Result<(), Error> {
+    fn read_key_value(&mut self, db: u64, kind: values::ValueType, has_expire: bool) -> Result<(), Error> {
         let key_offset = self.input.offset();
         let (key, key_len) = self.read_string_prefix("a key", KEY_PREFIX_BYTES)?;
         let value_offset = self.input.offset();

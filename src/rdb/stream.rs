@@ -48,10 +48,7 @@ pub(crate) fn check_stream<R: Read>(walker: &mut Walker<R>, version: u8) -> Resu
         walker.read_len("a stream entries-added counter")?;
     }
     if length > 0 && nodes == 0 {
-        return Err(Error::at(
-            meta_offset,
-            format!("stream length is {length} but the stream has no nodes"),
-        ));
+        return Err(Error::at(meta_offset, format!("stream length is {length} but the stream has no nodes")));
     }
 
     let groups = walker.read_len("a stream consumer group count")?;
@@ -72,20 +69,14 @@ fn check_node_listpack<R: Read>(walker: &mut Walker<R>) -> Result<(), Error> {
     let string_offset = walker.input.offset();
     let mut reader = walker.open_string("a stream node listpack")?;
     let result = (|| -> compact::CompactResult<()> {
-        let mut node = NodeEntries {
-            listpack: Listpack::open(&mut reader)?,
-            index: 0,
-        };
+        let mut node = NodeEntries { listpack: Listpack::open(&mut reader)?, index: 0 };
         let mut entries = node.integer("the entry count")?;
         let deleted = node.integer("the deleted entry count")?;
         let master_fields = node.integer("the master field count")?;
         node.skip_many(master_fields, "a master field name")?;
         let terminator = node.integer("the master entry terminator")?;
         if terminator != 0 {
-            return Err(CompactError::new(
-                0,
-                format!("master entry terminator is {terminator}, expected 0"),
-            ));
+            return Err(CompactError::new(0, format!("master entry terminator is {terminator}, expected 0")));
         }
 
         // Redis counts with signed integers and loops until the count reaches
@@ -107,17 +98,11 @@ fn check_node_listpack<R: Read>(walker: &mut Walker<R>) -> Result<(), Error> {
             let lp_count = node.integer("an entry's element count")?;
             let expected = fields.wrapping_add(extra_fields);
             if lp_count != expected {
-                return Err(CompactError::new(
-                    0,
-                    format!("entry's element count is {lp_count}, expected {expected}"),
-                ));
+                return Err(CompactError::new(0, format!("entry's element count is {lp_count}, expected {expected}")));
             }
         }
         if node.listpack.next(Want::Skip)?.is_some() {
-            return Err(CompactError::new(
-                0,
-                "listpack has entries after the last stream entry",
-            ));
+            return Err(CompactError::new(0, "listpack has entries after the last stream entry"));
         }
         node.listpack.close_lenient()
     })();
@@ -133,26 +118,15 @@ struct NodeEntries<'r, 'a, R> {
 
 impl<R: Read> NodeEntries<'_, '_, R> {
     fn missing(&self, what: &str) -> CompactError {
-        CompactError::new(
-            0,
-            format!(
-                "listpack ends where entry {} ({what}) was expected",
-                self.index
-            ),
-        )
+        CompactError::new(0, format!("listpack ends where entry {} ({what}) was expected", self.index))
     }
 
     /// Reads the next entry as an integer, as `lpGetIntegerIfValid` does.
     fn integer(&mut self, what: &str) -> compact::CompactResult<i64> {
-        let element = self
-            .listpack
-            .next(Want::Prefix(32))?
-            .ok_or_else(|| self.missing(what))?;
+        let element = self.listpack.next(Want::Prefix(32))?.ok_or_else(|| self.missing(what))?;
         let index = self.index;
         self.index += 1;
-        element.as_integer().ok_or_else(|| {
-            CompactError::new(0, format!("entry {index} ({what}) is not an integer"))
-        })
+        element.as_integer().ok_or_else(|| CompactError::new(0, format!("entry {index} ({what}) is not an integer")))
     }
 
     /// Skips `count` entries; a count below one skips nothing.
@@ -182,10 +156,7 @@ fn check_consumer_group<R: Read>(
     let name_offset = walker.input.offset();
     let name = walker.fingerprint_string("a consumer group name")?;
     if !group_names.insert(name) {
-        return Err(Error::at(
-            name_offset,
-            "consumer group name appears twice in one stream",
-        ));
+        return Err(Error::at(name_offset, "consumer group name appears twice in one stream"));
     }
     walker.read_len("a consumer group last delivered ID")?;
     walker.read_len("a consumer group last delivered ID")?;
@@ -201,19 +172,14 @@ fn check_consumer_group<R: Read>(
     for _ in 0..pending {
         let id_offset = walker.input.offset();
         let id = read_stream_id(walker, "a pending entry ID")?;
-        walker
-            .input
-            .read_array::<8>("a pending entry delivery time")?;
+        walker.input.read_array::<8>("a pending entry delivery time")?;
         walker.read_len("a pending entry delivery count")?;
         if tracking {
             if global.len() >= MAX_TRACKED {
                 tracking = false;
                 global = HashMap::new();
             } else if global.insert(id, false).is_some() {
-                return Err(Error::at(
-                    id_offset,
-                    "pending entry ID appears twice in a consumer group",
-                ));
+                return Err(Error::at(id_offset, "pending entry ID appears twice in a consumer group"));
             }
         }
     }
@@ -225,10 +191,7 @@ fn check_consumer_group<R: Read>(
         let consumer_offset = walker.input.offset();
         let consumer = walker.fingerprint_string("a consumer name")?;
         if !consumer_names.insert(consumer) {
-            return Err(Error::at(
-                consumer_offset,
-                "consumer name appears twice in a consumer group",
-            ));
+            return Err(Error::at(consumer_offset, "consumer name appears twice in a consumer group"));
         }
         walker.input.read_array::<8>("a consumer seen time")?;
         if version >= 3 {
@@ -255,18 +218,12 @@ fn check_consumer_group<R: Read>(
             high.copy_from_slice(&id[..8]);
             low.copy_from_slice(&id[8..]);
             if !owned.insert((u64::from_be_bytes(high), u64::from_be_bytes(low))) {
-                return Err(Error::at(
-                    id_offset,
-                    "pending entry appears twice in one consumer's list",
-                ));
+                return Err(Error::at(id_offset, "pending entry appears twice in one consumer's list"));
             }
         }
     }
     if tracking && global.values().any(|claimed| !claimed) {
-        return Err(Error::at(
-            name_offset,
-            "consumer group has a pending entry that no consumer owns",
-        ));
+        return Err(Error::at(name_offset, "consumer group has a pending entry that no consumer owns"));
     }
     Ok(())
 }
@@ -278,18 +235,12 @@ fn check_idempotent_producers<R: Read>(walker: &mut Walker<R>) -> Result<(), Err
     let offset = walker.input.offset();
     let duration = walker.read_len("a stream IDMP duration")?;
     if !(1..=86_400).contains(&duration) {
-        return Err(Error::at(
-            offset,
-            format!("stream IDMP duration {duration} is outside 1 to 86400 seconds"),
-        ));
+        return Err(Error::at(offset, format!("stream IDMP duration {duration} is outside 1 to 86400 seconds")));
     }
     let offset = walker.input.offset();
     let max_entries = walker.read_len("a stream IDMP maximum entry count")?;
     if !(1..=10_000).contains(&max_entries) {
-        return Err(Error::at(
-            offset,
-            format!("stream IDMP maximum entry count {max_entries} is outside 1 to 10000"),
-        ));
+        return Err(Error::at(offset, format!("stream IDMP maximum entry count {max_entries} is outside 1 to 10000")));
     }
     let producers = walker.read_len("a stream IDMP producer count")?;
     let mut producer_ids = MemberSet::default();
@@ -297,10 +248,7 @@ fn check_idempotent_producers<R: Read>(walker: &mut Walker<R>) -> Result<(), Err
         let producer_offset = walker.input.offset();
         let producer = walker.fingerprint_string("a stream IDMP producer ID")?;
         if !producer_ids.insert(producer) {
-            return Err(Error::at(
-                producer_offset,
-                "stream IDMP producer ID appears twice",
-            ));
+            return Err(Error::at(producer_offset, "stream IDMP producer ID appears twice"));
         }
         let entries = walker.read_len("a stream IDMP entry count")?;
         for _ in 0..entries {

@@ -9,15 +9,11 @@ struct Rdb {
 
 impl Rdb {
     fn new(version: u32) -> Self {
-        Rdb {
-            bytes: format!("REDIS{version:04}").into_bytes(),
-        }
+        Rdb { bytes: format!("REDIS{version:04}").into_bytes() }
     }
 
     fn valkey() -> Self {
-        Rdb {
-            bytes: b"VALKEY080".to_vec(),
-        }
+        Rdb { bytes: b"VALKEY080".to_vec() }
     }
 
     fn raw(mut self, bytes: &[u8]) -> Self {
@@ -36,9 +32,7 @@ impl Rdb {
     }
 
     fn aux(self, key: &str, value: &str) -> Self {
-        self.raw(&[OPCODE_AUX])
-            .string(key.as_bytes())
-            .string(value.as_bytes())
+        self.raw(&[OPCODE_AUX]).string(key.as_bytes()).string(value.as_bytes())
     }
 
     fn select(self, db: u64) -> Self {
@@ -172,20 +166,8 @@ fn valid_file_counts_keys_per_database() {
     assert_eq!(summary.version, 10);
     assert_eq!(summary.keys(), 3);
     assert_eq!(summary.expires(), 1);
-    assert_eq!(
-        summary.databases[&0],
-        DbCounts {
-            keys: 2,
-            expires: 1
-        }
-    );
-    assert_eq!(
-        summary.databases[&1],
-        DbCounts {
-            keys: 1,
-            expires: 0
-        }
-    );
+    assert_eq!(summary.databases[&0], DbCounts { keys: 2, expires: 1 });
+    assert_eq!(summary.databases[&1], DbCounts { keys: 1, expires: 0 });
     assert_eq!(summary.aux_field("redis-ver"), Some("7.0.15"));
     assert!(matches!(summary.checksum, Some(Checksum::Verified(_))));
     assert_eq!(summary.types["hash"], 1);
@@ -196,10 +178,7 @@ fn valid_file_counts_keys_per_database() {
 fn every_truncation_is_rejected() {
     let file = session_file();
     for len in 0..file.len() {
-        assert!(
-            walk_bytes(&file[..len]).is_err(),
-            "truncated to {len} bytes but accepted"
-        );
+        assert!(walk_bytes(&file[..len]).is_err(), "truncated to {len} bytes but accepted");
     }
 }
 
@@ -210,10 +189,7 @@ fn every_bit_flip_is_rejected() {
         for bit in 0..8 {
             let mut damaged = file.clone();
             damaged[index] ^= 1 << bit;
-            assert!(
-                walk_bytes(&damaged).is_err(),
-                "flip of bit {bit} at byte {index} was accepted"
-            );
+            assert!(walk_bytes(&damaged).is_err(), "flip of bit {bit} at byte {index} was accepted");
         }
     }
 }
@@ -229,24 +205,14 @@ fn checksum_mismatch_names_both_values() {
 
 #[test]
 fn zero_trailer_means_checksum_disabled() {
-    let file = Rdb::new(9)
-        .select(0)
-        .raw(&[0])
-        .string(b"k")
-        .string(b"v")
-        .finish_without_checksum();
+    let file = Rdb::new(9).select(0).raw(&[0]).string(b"k").string(b"v").finish_without_checksum();
     let summary = walk_bytes(&file).unwrap();
     assert_eq!(summary.checksum, Some(Checksum::Disabled));
 }
 
 #[test]
 fn old_versions_have_no_trailer() {
-    let mut file = Rdb::new(4)
-        .select(0)
-        .raw(&[0])
-        .string(b"k")
-        .string(b"v")
-        .bytes;
+    let mut file = Rdb::new(4).select(0).raw(&[0]).string(b"k").string(b"v").bytes;
     file.push(OPCODE_EOF);
     let summary = walk_bytes(&file).unwrap();
     assert_eq!(summary.checksum, Some(Checksum::Absent));
@@ -295,36 +261,20 @@ fn empty_list_is_rejected() {
 
 #[test]
 fn duplicate_set_member_is_rejected() {
-    let file = Rdb::new(10)
-        .raw(&[2])
-        .string(b"set")
-        .len(2)
-        .string(b"a")
-        .string(b"a")
-        .finish();
+    let file = Rdb::new(10).raw(&[2]).string(b"set").len(2).string(b"a").string(b"a").finish();
     assert!(error_message(&file).contains("duplicate set member"));
 }
 
 #[test]
 fn integer_encoded_and_text_members_collide() {
     // Redis compares set members as text: "7" and the integer 7 are one member.
-    let file = Rdb::new(10)
-        .raw(&[2])
-        .string(b"set")
-        .len(2)
-        .string(b"7")
-        .raw(&[0xC0, 7])
-        .finish();
+    let file = Rdb::new(10).raw(&[2]).string(b"set").len(2).string(b"7").raw(&[0xC0, 7]).finish();
     assert!(error_message(&file).contains("duplicate set member"));
 }
 
 #[test]
 fn listpack_hash_with_duplicate_field_is_rejected() {
-    let file = Rdb::new(10)
-        .raw(&[16])
-        .string(b"h")
-        .string(&listpack(&[b"f", b"1", b"f", b"2"]))
-        .finish();
+    let file = Rdb::new(10).raw(&[16]).string(b"h").string(&listpack(&[b"f", b"1", b"f", b"2"])).finish();
     let message = error_message(&file);
     assert!(message.contains("invalid listpack"), "{message}");
     assert!(message.contains("duplicate"), "{message}");
@@ -332,11 +282,7 @@ fn listpack_hash_with_duplicate_field_is_rejected() {
 
 #[test]
 fn listpack_hash_with_odd_entries_is_rejected() {
-    let file = Rdb::new(10)
-        .raw(&[16])
-        .string(b"h")
-        .string(&listpack(&[b"f", b"1", b"g"]))
-        .finish();
+    let file = Rdb::new(10).raw(&[16]).string(b"h").string(&listpack(&[b"f", b"1", b"g"])).finish();
     assert!(error_message(&file).contains("multiple of 2"));
 }
 
@@ -344,11 +290,7 @@ fn listpack_hash_with_odd_entries_is_rejected() {
 fn listpack_with_wrong_count_is_rejected() {
     let mut encoded = listpack(&[b"a", b"b"]);
     encoded[4] = 3;
-    let file = Rdb::new(10)
-        .raw(&[20])
-        .string(b"s")
-        .string(&encoded)
-        .finish();
+    let file = Rdb::new(10).raw(&[20]).string(b"s").string(&encoded).finish();
     assert!(error_message(&file).contains("counts 3 entries, found 2"));
 }
 
@@ -357,51 +299,31 @@ fn listpack_with_bad_backlen_is_rejected() {
     let mut encoded = listpack(&[b"abc"]);
     // Entry: 0x83 'a' 'b' 'c' backlen(4) at byte 6 + 4.
     encoded[10] = 5;
-    let file = Rdb::new(10)
-        .raw(&[20])
-        .string(b"s")
-        .string(&encoded)
-        .finish();
+    let file = Rdb::new(10).raw(&[20]).string(b"s").string(&encoded).finish();
     assert!(error_message(&file).contains("back-length"));
 }
 
 #[test]
 fn long_listpack_strings_are_checked() {
     let long = vec![b'x'; 300];
-    let file = Rdb::new(10)
-        .raw(&[16])
-        .string(b"h")
-        .string(&listpack(&[b"f", &long]))
-        .finish();
+    let file = Rdb::new(10).raw(&[16]).string(b"h").string(&listpack(&[b"f", &long])).finish();
     assert_eq!(walk_bytes(&file).unwrap().keys(), 1);
 }
 
 #[test]
 fn ziplist_hash_is_accepted_and_checked() {
     let encoded = ziplist(&[b"f", b"v", b"g", b"w"]);
-    let file = Rdb::new(9)
-        .raw(&[13])
-        .string(b"h")
-        .string(&encoded)
-        .finish();
+    let file = Rdb::new(9).raw(&[13]).string(b"h").string(&encoded).finish();
     assert_eq!(walk_bytes(&file).unwrap().keys(), 1);
 
     let mut wrong_prevlen = encoded.clone();
     wrong_prevlen[10 + 3] = 9;
-    let file = Rdb::new(9)
-        .raw(&[13])
-        .string(b"h")
-        .string(&wrong_prevlen)
-        .finish();
+    let file = Rdb::new(9).raw(&[13]).string(b"h").string(&wrong_prevlen).finish();
     assert!(error_message(&file).contains("previous-entry length"));
 
     let mut wrong_tail = encoded;
     wrong_tail[4] = 10;
-    let file = Rdb::new(9)
-        .raw(&[13])
-        .string(b"h")
-        .string(&wrong_tail)
-        .finish();
+    let file = Rdb::new(9).raw(&[13]).string(b"h").string(&wrong_tail).finish();
     assert!(error_message(&file).contains("tail offset"));
 }
 
@@ -412,11 +334,7 @@ fn intset_must_ascend() {
     encoded.extend_from_slice(&2u32.to_le_bytes());
     encoded.extend_from_slice(&5i16.to_le_bytes());
     encoded.extend_from_slice(&3i16.to_le_bytes());
-    let file = Rdb::new(9)
-        .raw(&[11])
-        .string(b"s")
-        .string(&encoded)
-        .finish();
+    let file = Rdb::new(9).raw(&[11]).string(b"s").string(&encoded).finish();
     assert!(error_message(&file).contains("not greater than the previous member"));
 }
 
@@ -424,24 +342,10 @@ fn intset_must_ascend() {
 fn lzf_string_is_decompressed_and_checked() {
     // "abcabcabc" as LZF: literal "abc", then a 6-byte copy from distance 3.
     let compressed = [2, b'a', b'b', b'c', 4 << 5, 2];
-    let good = Rdb::new(10)
-        .raw(&[0])
-        .string(b"k")
-        .raw(&[0xC3])
-        .len(6)
-        .len(9)
-        .raw(&compressed)
-        .finish();
+    let good = Rdb::new(10).raw(&[0]).string(b"k").raw(&[0xC3]).len(6).len(9).raw(&compressed).finish();
     assert_eq!(walk_bytes(&good).unwrap().keys(), 1);
 
-    let too_long = Rdb::new(10)
-        .raw(&[0])
-        .string(b"k")
-        .raw(&[0xC3])
-        .len(6)
-        .len(10)
-        .raw(&compressed)
-        .finish();
+    let too_long = Rdb::new(10).raw(&[0]).string(b"k").raw(&[0xC3]).len(6).len(10).raw(&compressed).finish();
     assert!(error_message(&too_long).contains("shorter than the declared length"));
 }
 
@@ -465,26 +369,13 @@ fn lzf_compressed_listpack_is_checked_inside() {
 
 #[test]
 fn zset_nan_score_is_rejected() {
-    let file = Rdb::new(10)
-        .raw(&[5])
-        .string(b"z")
-        .len(1)
-        .string(b"m")
-        .raw(&f64::NAN.to_le_bytes())
-        .finish();
+    let file = Rdb::new(10).raw(&[5]).string(b"z").len(1).string(b"m").raw(&f64::NAN.to_le_bytes()).finish();
     assert!(error_message(&file).contains("NaN"));
 }
 
 #[test]
 fn text_score_that_is_not_a_number_is_rejected() {
-    let file = Rdb::new(6)
-        .raw(&[3])
-        .string(b"z")
-        .len(1)
-        .string(b"m")
-        .raw(&[3])
-        .raw(b"abc")
-        .finish();
+    let file = Rdb::new(6).raw(&[3]).string(b"z").len(1).string(b"m").raw(&[3]).raw(b"abc").finish();
     assert!(error_message(&file).contains("is not a number"));
 }
 
@@ -515,21 +406,9 @@ fn pre_release_module_format_is_rejected() {
 
 #[test]
 fn module_aux_requires_uint_when() {
-    let good = Rdb::new(9)
-        .raw(&[OPCODE_MODULE_AUX])
-        .len(1 << 10)
-        .len(2)
-        .len(2)
-        .len(0)
-        .finish();
+    let good = Rdb::new(9).raw(&[OPCODE_MODULE_AUX]).len(1 << 10).len(2).len(2).len(0).finish();
     assert_eq!(walk_bytes(&good).unwrap().module_aux, 1);
-    let bad = Rdb::new(9)
-        .raw(&[OPCODE_MODULE_AUX])
-        .len(1 << 10)
-        .len(1)
-        .len(2)
-        .len(0)
-        .finish();
+    let bad = Rdb::new(9).raw(&[OPCODE_MODULE_AUX]).len(1 << 10).len(1).len(2).len(0).finish();
     assert!(error_message(&bad).contains("'when' opcode"));
 }
 
@@ -548,12 +427,7 @@ fn key_metadata_must_precede_a_value_type() {
         .finish();
     assert_eq!(walk_bytes(&good).unwrap().keys(), 1);
 
-    let bad = Rdb::new(13)
-        .raw(&[OPCODE_KEY_META])
-        .len(0)
-        .raw(&[OPCODE_SELECTDB])
-        .len(0)
-        .finish();
+    let bad = Rdb::new(13).raw(&[OPCODE_KEY_META]).len(0).raw(&[OPCODE_SELECTDB]).len(0).finish();
     assert!(error_message(&bad).contains("expected a value type"));
 }
 
@@ -587,26 +461,14 @@ fn hash_with_field_expiry_checks_ranges() {
 
 #[test]
 fn valkey_hash_with_field_expiry() {
-    let good = Rdb::valkey()
-        .raw(&[22])
-        .string(b"h")
-        .len(1)
-        .string(b"f")
-        .string(b"v")
-        .raw(&(-1i64).to_le_bytes())
-        .finish();
+    let good =
+        Rdb::valkey().raw(&[22]).string(b"h").len(1).string(b"f").string(b"v").raw(&(-1i64).to_le_bytes()).finish();
     let summary = walk_bytes(&good).unwrap();
     assert_eq!(summary.format, Format::Valkey);
     assert_eq!(summary.version, 80);
 
-    let bad = Rdb::valkey()
-        .raw(&[22])
-        .string(b"h")
-        .len(1)
-        .string(b"f")
-        .string(b"v")
-        .raw(&(-2i64).to_le_bytes())
-        .finish();
+    let bad =
+        Rdb::valkey().raw(&[22]).string(b"h").len(1).string(b"f").string(b"v").raw(&(-2i64).to_le_bytes()).finish();
     assert!(error_message(&bad).contains("expire time -2"));
 }
 
@@ -685,16 +547,7 @@ fn stream_with_consumer_group_is_accepted() {
 #[test]
 fn stream_version_four_reads_idempotent_producers() {
     let file = stream_file(13, 26, |rdb| {
-        rdb.len(100)
-            .len(10)
-            .len(1)
-            .string(b"producer")
-            .len(1)
-            .string(b"msg-1")
-            .len(5)
-            .len(0)
-            .len(1)
-            .len(0)
+        rdb.len(100).len(10).len(1).string(b"producer").len(1).string(b"msg-1").len(5).len(0).len(1).len(0)
     });
     assert_eq!(walk_bytes(&file).unwrap().keys(), 1);
 
@@ -736,14 +589,7 @@ fn stream_entry_count_mismatch_is_rejected() {
 
 #[test]
 fn partial_counts_survive_failure() {
-    let file = Rdb::new(10)
-        .raw(&[0])
-        .string(b"a")
-        .string(b"1")
-        .raw(&[1])
-        .string(b"b")
-        .len(0)
-        .finish();
+    let file = Rdb::new(10).raw(&[0]).string(b"a").string(b"1").raw(&[1]).string(b"b").len(0).finish();
     let failure = walk_bytes(&file).unwrap_err();
     assert_eq!(failure.partial.keys(), 1);
     assert_eq!(failure.error.kind, ErrorKind::Invalid);

@@ -64,23 +64,10 @@ impl<'a, R: Read> ValueReader<'a, R> {
             StringHeader::Raw(len) => (Body::Raw { left: len }, len),
             StringHeader::Lzf { compressed, len } => {
                 lzf.reset(len);
-                (
-                    Body::Lzf {
-                        compressed_left: compressed,
-                    },
-                    len,
-                )
+                (Body::Lzf { compressed_left: compressed }, len)
             }
         };
-        ValueReader {
-            input,
-            lzf,
-            body,
-            len,
-            pos: 0,
-            tail: 0,
-            string_offset,
-        }
+        ValueReader { input, lzf, body, len, pos: 0, tail: 0, string_offset }
     }
 
     /// Total content length in bytes.
@@ -195,21 +182,16 @@ impl<'a, R: Read> ValueReader<'a, R> {
                 ));
             }
             let is_last = want as u64 == *compressed_left;
-            let used = self.lzf.decode(view, is_last).map_err(|err| {
-                Error::at(
-                    self.string_offset,
-                    format!("invalid LZF-compressed string: {err}"),
-                )
-            })?;
+            let used = self
+                .lzf
+                .decode(view, is_last)
+                .map_err(|err| Error::at(self.string_offset, format!("invalid LZF-compressed string: {err}")))?;
             self.input.consume(used);
             *compressed_left -= used as u64;
             if used == 0 && self.lzf.ready().is_empty() {
                 // The view holds at least 64 KiB or all remaining input, and one
                 // instruction needs at most 33 bytes, so this cannot happen.
-                return Err(Error::at(
-                    self.string_offset,
-                    "LZF decoder made no progress (internal error)",
-                ));
+                return Err(Error::at(self.string_offset, "LZF decoder made no progress (internal error)"));
             }
         }
         Ok(())
@@ -218,10 +200,7 @@ impl<'a, R: Read> ValueReader<'a, R> {
     /// Reads exactly `out.len()` content bytes.
     pub(crate) fn read_exact(&mut self, out: &mut [u8]) -> Result<(), Error> {
         if (out.len() as u64) > self.len - self.pos {
-            return Err(Error::at(
-                self.string_offset,
-                "read past the end of a string (internal error)",
-            ));
+            return Err(Error::at(self.string_offset, "read past the end of a string (internal error)"));
         }
         let mut done = 0;
         while done < out.len() {
@@ -243,10 +222,7 @@ impl<'a, R: Read> ValueReader<'a, R> {
     /// Hands the next `count` content bytes to `sink`.
     pub(crate) fn feed(&mut self, count: u64, sink: &mut dyn FnMut(&[u8])) -> Result<(), Error> {
         if count > self.len - self.pos {
-            return Err(Error::at(
-                self.string_offset,
-                "read past the end of a string (internal error)",
-            ));
+            return Err(Error::at(self.string_offset, "read past the end of a string (internal error)"));
         }
         let mut left = count;
         while left > 0 {
@@ -278,24 +254,16 @@ impl<'a, R: Read> ValueReader<'a, R> {
                     let is_last = view.len() as u64 == compressed_left;
                     self.lzf.decode(view, is_last)
                 }
-                .map_err(|err| {
-                    Error::at(
-                        self.string_offset,
-                        format!("invalid LZF-compressed string: {err}"),
-                    )
-                })?;
+                .map_err(|err| Error::at(self.string_offset, format!("invalid LZF-compressed string: {err}")))?;
                 self.input.consume(used);
                 return Err(Error::at(
                     self.string_offset,
                     "invalid LZF-compressed string: compressed data continues after the declared length",
                 ));
             }
-            self.lzf.finish().map_err(|err| {
-                Error::at(
-                    self.string_offset,
-                    format!("invalid LZF-compressed string: {err}"),
-                )
-            })?;
+            self.lzf
+                .finish()
+                .map_err(|err| Error::at(self.string_offset, format!("invalid LZF-compressed string: {err}")))?;
         }
         Ok(())
     }

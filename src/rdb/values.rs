@@ -130,8 +130,8 @@ impl ValueType {
             List | ListZiplist | ListQuicklist | ListQuicklist2 => "list",
             Set | SetIntset | SetListpack => "set",
             Zset | Zset2 | ZsetZiplist | ZsetListpack => "zset",
-            Hash | HashZipmap | HashZiplist | HashListpack | HashMetadataPreGa
-            | HashListpackExPreGa | HashMetadata | HashListpackEx | ValkeyHash2 => "hash",
+            Hash | HashZipmap | HashZiplist | HashListpack | HashMetadataPreGa | HashListpackExPreGa | HashMetadata
+            | HashListpackEx | ValkeyHash2 => "hash",
             ModulePreGa | Module2 => "module",
             StreamListpacks | StreamListpacks2 | StreamListpacks3 | StreamListpacks4 => "stream",
         }
@@ -144,15 +144,10 @@ pub(crate) struct Checked {
     pub(crate) dedup_complete: bool,
 }
 
-const COMPLETE: Checked = Checked {
-    dedup_complete: true,
-};
+const COMPLETE: Checked = Checked { dedup_complete: true };
 
 fn empty_key(offset: u64) -> Error {
-    Error::at(
-        offset,
-        "empty collection (Redis refuses keys with no elements)",
-    )
+    Error::at(offset, "empty collection (Redis refuses keys with no elements)")
 }
 
 /// Turns a structure-check failure into a walker error at the string's offset.
@@ -161,18 +156,12 @@ pub(crate) fn compact_error(string_offset: u64, what: &str, err: CompactError) -
         Some(source) => source,
         None => Error::at(
             string_offset,
-            format!(
-                "invalid {what} at byte {} of the encoded value: {}",
-                err.pos, err.message
-            ),
+            format!("invalid {what} at byte {} of the encoded value: {}", err.pos, err.message),
         ),
     }
 }
 
-pub(crate) fn check_value<R: Read>(
-    walker: &mut Walker<R>,
-    kind: ValueType,
-) -> Result<Checked, Error> {
+pub(crate) fn check_value<R: Read>(walker: &mut Walker<R>, kind: ValueType) -> Result<Checked, Error> {
     use ValueType::*;
     let offset = walker.input.offset();
     match kind {
@@ -209,9 +198,7 @@ pub(crate) fn check_value<R: Read>(
             compact::check_zipmap(&mut reader, keys, &mut |field| members.insert(field))
                 .map_err(|err| compact_error(string_offset, "zipmap", err))?;
             reader.finish()?;
-            Ok(Checked {
-                dedup_complete: !members.gave_up(),
-            })
+            Ok(Checked { dedup_complete: !members.gave_up() })
         }
         ListZiplist => {
             let count = check_ziplist(walker, 1, false)?;
@@ -225,15 +212,12 @@ pub(crate) fn check_value<R: Read>(
             if count.entries == 0 {
                 return Err(empty_key(offset));
             }
-            Ok(Checked {
-                dedup_complete: count.dedup_complete,
-            })
+            Ok(Checked { dedup_complete: count.dedup_complete })
         }
         SetIntset => {
             let string_offset = walker.input.offset();
             let mut reader = walker.open_string("an intset")?;
-            compact::check_intset(&mut reader)
-                .map_err(|err| compact_error(string_offset, "intset", err))?;
+            compact::check_intset(&mut reader).map_err(|err| compact_error(string_offset, "intset", err))?;
             reader.finish()?;
             Ok(COMPLETE)
         }
@@ -242,14 +226,10 @@ pub(crate) fn check_value<R: Read>(
         SetListpack => check_listpack_value(walker, offset, 1, false),
         HashListpackExPreGa => check_listpack_value(walker, offset, 3, true),
         HashListpackEx => {
-            walker
-                .input
-                .read_array::<8>("a hash minimum field expire time")?;
+            walker.input.read_array::<8>("a hash minimum field expire time")?;
             check_listpack_value(walker, offset, 3, true)
         }
-        HashMetadataPreGa | HashMetadata => {
-            check_hash_metadata(walker, offset, kind == HashMetadata)
-        }
+        HashMetadataPreGa | HashMetadata => check_hash_metadata(walker, offset, kind == HashMetadata),
         ValkeyHash2 => check_valkey_hash2(walker, offset),
         StreamListpacks | StreamListpacks2 | StreamListpacks3 | StreamListpacks4 => {
             let version = match kind {
@@ -288,16 +268,10 @@ fn check_members<R: Read>(
             walker.skip_string("a hash value")?;
         }
     }
-    Ok(Checked {
-        dedup_complete: !members.gave_up(),
-    })
+    Ok(Checked { dedup_complete: !members.gave_up() })
 }
 
-fn check_zset<R: Read>(
-    walker: &mut Walker<R>,
-    offset: u64,
-    binary_scores: bool,
-) -> Result<Checked, Error> {
+fn check_zset<R: Read>(walker: &mut Walker<R>, offset: u64, binary_scores: bool) -> Result<Checked, Error> {
     let len = walker.read_len("a sorted set length")?;
     if len == 0 {
         return Err(empty_key(offset));
@@ -319,9 +293,7 @@ fn check_zset<R: Read>(
             return Err(Error::at(member_offset, "duplicate sorted set member"));
         }
     }
-    Ok(Checked {
-        dedup_complete: !members.gave_up(),
-    })
+    Ok(Checked { dedup_complete: !members.gave_up() })
 }
 
 /// A score of RDB versions before 8: a length byte (253 NaN, 254 +inf,
@@ -338,13 +310,7 @@ fn read_text_double<R: Read>(walker: &mut Walker<R>) -> Result<f64, Error> {
     let mut text = vec![0u8; len as usize];
     walker.input.read_exact(&mut text, "a sorted set score")?;
     parse_c_double(&text).ok_or_else(|| {
-        Error::at(
-            offset,
-            format!(
-                "sorted set score {:?} is not a number",
-                String::from_utf8_lossy(&text)
-            ),
-        )
+        Error::at(offset, format!("sorted set score {:?} is not a number", String::from_utf8_lossy(&text)))
     })
 }
 
@@ -371,11 +337,7 @@ struct ZiplistCount {
 
 /// Checks one ziplist string. With `pairs`, even entries are fields that must
 /// be unique and the entry count must be even.
-fn check_ziplist<R: Read>(
-    walker: &mut Walker<R>,
-    tuple: u64,
-    pairs: bool,
-) -> Result<ZiplistCount, Error> {
+fn check_ziplist<R: Read>(walker: &mut Walker<R>, tuple: u64, pairs: bool) -> Result<ZiplistCount, Error> {
     let string_offset = walker.input.offset();
     let (mut reader, keys) = walker.open_string_with_keys("a ziplist")?;
     let mut members = MemberSet::default();
@@ -384,25 +346,14 @@ fn check_ziplist<R: Read>(
         let mut index: u64 = 0;
         loop {
             let is_field = pairs && index % tuple == 0;
-            let want = if is_field {
-                Want::Fingerprint(keys)
-            } else {
-                Want::Skip
-            };
+            let want = if is_field { Want::Fingerprint(keys) } else { Want::Skip };
             let Some(element) = ziplist.next(want)? else {
                 break;
             };
             if is_field {
-                if let Element::Str {
-                    fingerprint: Some(fingerprint),
-                    ..
-                } = element
-                {
+                if let Element::Str { fingerprint: Some(fingerprint), .. } = element {
                     if !members.insert(fingerprint) {
-                        return Err(CompactError::new(
-                            0,
-                            format!("duplicate field in entry {index}"),
-                        ));
+                        return Err(CompactError::new(0, format!("duplicate field in entry {index}")));
                     }
                 }
             }
@@ -419,10 +370,7 @@ fn check_ziplist<R: Read>(
     })();
     let entries = result.map_err(|err| compact_error(string_offset, "ziplist", err))?;
     reader.finish()?;
-    Ok(ZiplistCount {
-        entries,
-        dedup_complete: !members.gave_up(),
-    })
+    Ok(ZiplistCount { entries, dedup_complete: !members.gave_up() })
 }
 
 /// Checks one listpack string with tuples of `tuple` entries whose first entry
@@ -443,33 +391,19 @@ fn check_listpack_string<R: Read>(
         let mut last_expire: i64 = -1;
         loop {
             let position = index % tuple;
-            let want = if dedup && position == 0 {
-                Want::Fingerprint(keys)
-            } else {
-                Want::Skip
-            };
+            let want = if dedup && position == 0 { Want::Fingerprint(keys) } else { Want::Skip };
             let Some(element) = listpack.next(want)? else {
                 break;
             };
             if dedup && position == 0 {
-                if let Element::Str {
-                    fingerprint: Some(fingerprint),
-                    ..
-                } = element
-                {
+                if let Element::Str { fingerprint: Some(fingerprint), .. } = element {
                     if !members.insert(fingerprint) {
-                        return Err(CompactError::new(
-                            0,
-                            format!("duplicate member in entry {index}"),
-                        ));
+                        return Err(CompactError::new(0, format!("duplicate member in entry {index}")));
                     }
                 }
             } else if field_expiry && position == 2 {
                 let Element::Int(expire) = element else {
-                    return Err(CompactError::new(
-                        0,
-                        format!("field expire time in entry {index} is not an integer"),
-                    ));
+                    return Err(CompactError::new(0, format!("field expire time in entry {index} is not an integer")));
                 };
                 if expire < 0 || expire as u64 > FIELD_EXPIRE_MAX {
                     return Err(CompactError::new(
@@ -491,10 +425,7 @@ fn check_listpack_string<R: Read>(
         }
         let count = listpack.close()?;
         if count % tuple != 0 {
-            return Err(CompactError::new(
-                0,
-                format!("{count} entries, expected a multiple of {tuple}"),
-            ));
+            return Err(CompactError::new(0, format!("{count} entries, expected a multiple of {tuple}")));
         }
         Ok(count)
     })();
@@ -516,11 +447,7 @@ fn check_listpack_value<R: Read>(
     Ok(Checked { dedup_complete })
 }
 
-fn check_quicklist<R: Read>(
-    walker: &mut Walker<R>,
-    offset: u64,
-    version2: bool,
-) -> Result<Checked, Error> {
+fn check_quicklist<R: Read>(walker: &mut Walker<R>, offset: u64, version2: bool) -> Result<Checked, Error> {
     let nodes = walker.read_len("a quicklist node count")?;
     if nodes == 0 {
         return Err(empty_key(offset));
@@ -535,9 +462,7 @@ fn check_quicklist<R: Read>(
                 other => {
                     return Err(Error::at(
                         node_offset,
-                        format!(
-                            "quicklist node container is {other}, expected 1 (plain) or 2 (packed)"
-                        ),
+                        format!("quicklist node container is {other}, expected 1 (plain) or 2 (packed)"),
                     ));
                 }
             }
@@ -552,10 +477,7 @@ fn check_quicklist<R: Read>(
             super::value::StringHeader::Lzf { len, .. } => len,
         };
         if node_len == 0 {
-            return Err(Error::at(
-                string_offset,
-                "quicklist node is an empty string",
-            ));
+            return Err(Error::at(string_offset, "quicklist node is an empty string"));
         }
         let reader = ValueReader::new(&mut walker.input, &mut walker.lzf, header, string_offset);
         if !packed {
@@ -565,12 +487,10 @@ fn check_quicklist<R: Read>(
         }
         let mut reader = reader;
         let count = if version2 {
-            let result =
-                (|| -> compact::CompactResult<u64> { Listpack::open(&mut reader)?.close() })();
+            let result = (|| -> compact::CompactResult<u64> { Listpack::open(&mut reader)?.close() })();
             result.map_err(|err| compact_error(string_offset, "listpack", err))?
         } else {
-            let result =
-                (|| -> compact::CompactResult<u64> { Ziplist::open(&mut reader)?.close() })();
+            let result = (|| -> compact::CompactResult<u64> { Ziplist::open(&mut reader)?.close() })();
             result.map_err(|err| compact_error(string_offset, "ziplist", err))?
         };
         reader.finish()?;
@@ -585,24 +505,13 @@ fn check_quicklist<R: Read>(
 
 /// Hashes with field expiry, hashtable form (Redis 7.4): optionally a minimum
 /// expire time, then per field a TTL length, the field and the value.
-fn check_hash_metadata<R: Read>(
-    walker: &mut Walker<R>,
-    offset: u64,
-    relative_ttl: bool,
-) -> Result<Checked, Error> {
+fn check_hash_metadata<R: Read>(walker: &mut Walker<R>, offset: u64, relative_ttl: bool) -> Result<Checked, Error> {
     let mut min_expire: u64 = 0;
     if relative_ttl {
         let min_offset = walker.input.offset();
-        min_expire = u64::from_le_bytes(
-            walker
-                .input
-                .read_array::<8>("a hash minimum field expire time")?,
-        );
+        min_expire = u64::from_le_bytes(walker.input.read_array::<8>("a hash minimum field expire time")?);
         if min_expire > FIELD_EXPIRE_MAX + 1 {
-            return Err(Error::at(
-                min_offset,
-                format!("hash minimum field expire time {min_expire} is out of range"),
-            ));
+            return Err(Error::at(min_offset, format!("hash minimum field expire time {min_expire} is out of range")));
         }
     }
     let len = walker.read_len("a hash length")?;
@@ -613,16 +522,9 @@ fn check_hash_metadata<R: Read>(
     for _ in 0..len {
         let ttl_offset = walker.input.offset();
         let ttl = walker.read_len("a hash field TTL")?;
-        let expire_at = if relative_ttl && ttl != 0 {
-            ttl.wrapping_add(min_expire).wrapping_sub(1)
-        } else {
-            ttl
-        };
+        let expire_at = if relative_ttl && ttl != 0 { ttl.wrapping_add(min_expire).wrapping_sub(1) } else { ttl };
         if expire_at > FIELD_EXPIRE_MAX {
-            return Err(Error::at(
-                ttl_offset,
-                format!("hash field expire time {expire_at} is out of range"),
-            ));
+            return Err(Error::at(ttl_offset, format!("hash field expire time {expire_at} is out of range")));
         }
         let field_offset = walker.input.offset();
         let fingerprint = walker.fingerprint_string("a hash field")?;
@@ -631,9 +533,7 @@ fn check_hash_metadata<R: Read>(
             return Err(Error::at(field_offset, "duplicate hash field"));
         }
     }
-    Ok(Checked {
-        dedup_complete: !members.gave_up(),
-    })
+    Ok(Checked { dedup_complete: !members.gave_up() })
 }
 
 /// Valkey 9's hash whose fields may expire: per field the field, the value
@@ -652,18 +552,13 @@ fn check_valkey_hash2<R: Read>(walker: &mut Walker<R>, offset: u64) -> Result<Ch
         let expire = i64::from_le_bytes(walker.input.read_array::<8>("a hash field expire time")?);
         // -1 means the field has no expiry; anything below is invalid.
         if expire < -1 {
-            return Err(Error::at(
-                expire_offset,
-                format!("hash field expire time {expire} is invalid"),
-            ));
+            return Err(Error::at(expire_offset, format!("hash field expire time {expire} is invalid")));
         }
         if !members.insert(fingerprint) {
             return Err(Error::at(field_offset, "duplicate hash field"));
         }
     }
-    Ok(Checked {
-        dedup_complete: !members.gave_up(),
-    })
+    Ok(Checked { dedup_complete: !members.gave_up() })
 }
 
 #[cfg(test)]

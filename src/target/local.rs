@@ -26,10 +26,7 @@ pub struct LocalTarget {
 
 impl LocalTarget {
     pub fn new(name: impl Into<String>, root: impl Into<PathBuf>) -> Self {
-        LocalTarget {
-            name: name.into(),
-            root: root.into(),
-        }
+        LocalTarget { name: name.into(), root: root.into() }
     }
 
     pub fn root(&self) -> &Path {
@@ -43,13 +40,7 @@ impl LocalTarget {
             IoKind::PermissionDenied => ErrorKind::PermissionDenied,
             _ => ErrorKind::Other,
         };
-        Error {
-            kind,
-            target: self.name.clone(),
-            action,
-            object: object.to_string(),
-            message: err.to_string(),
-        }
+        Error { kind, target: self.name.clone(), action, object: object.to_string(), message: err.to_string() }
     }
 
     fn path_of(&self, name: &ObjectName) -> PathBuf {
@@ -60,35 +51,14 @@ impl LocalTarget {
     /// final path and a fresh staging path beside it.
     async fn prepare(&self, name: &ObjectName) -> Result<(PathBuf, PathBuf)> {
         let path = self.path_of(name);
-        let parent = path
-            .parent()
-            .expect("object paths are below the root")
-            .to_path_buf();
+        let parent = path.parent().expect("object paths are below the root").to_path_buf();
         let for_error = parent.clone();
-        tokio::task::spawn_blocking(move || {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&parent)
-        })
-        .await
-        .expect("create_dir task panicked")
-        .map_err(|err| {
-            self.error(
-                "create directory for",
-                &for_error.display().to_string(),
-                err,
-            )
-        })?;
-        let file_name = path
-            .file_name()
-            .expect("object names have a last component")
-            .to_string_lossy()
-            .into_owned();
-        let staging = path.with_file_name(format!(
-            ".{file_name}.partial-{:016x}",
-            rand::random::<u64>()
-        ));
+        tokio::task::spawn_blocking(move || std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&parent))
+            .await
+            .expect("create_dir task panicked")
+            .map_err(|err| self.error("create directory for", &for_error.display().to_string(), err))?;
+        let file_name = path.file_name().expect("object names have a last component").to_string_lossy().into_owned();
+        let staging = path.with_file_name(format!(".{file_name}.partial-{:016x}", rand::random::<u64>()));
         Ok((path, staging))
     }
 
@@ -103,19 +73,9 @@ impl LocalTarget {
     }
 
     /// Makes the staged file durable and gives it its final name.
-    async fn publish(
-        &self,
-        name: &ObjectName,
-        mut file: tokio::fs::File,
-        staging: &Path,
-        path: &Path,
-    ) -> Result<()> {
-        file.flush()
-            .await
-            .map_err(|err| self.error("write", name.as_str(), err))?;
-        file.sync_all()
-            .await
-            .map_err(|err| self.error("fsync", name.as_str(), err))?;
+    async fn publish(&self, name: &ObjectName, mut file: tokio::fs::File, staging: &Path, path: &Path) -> Result<()> {
+        file.flush().await.map_err(|err| self.error("write", name.as_str(), err))?;
+        file.sync_all().await.map_err(|err| self.error("fsync", name.as_str(), err))?;
         drop(file);
         let (from, to) = (staging.to_path_buf(), path.to_path_buf());
         tokio::task::spawn_blocking(move || rename_no_replace(&from, &to))
@@ -158,11 +118,7 @@ impl Target for LocalTarget {
         &self.name
     }
 
-    async fn put_stream(
-        &self,
-        name: &ObjectName,
-        mut chunks: mpsc::Receiver<Chunk>,
-    ) -> Result<u64> {
+    async fn put_stream(&self, name: &ObjectName, mut chunks: mpsc::Receiver<Chunk>) -> Result<u64> {
         let (path, staging) = self.prepare(name).await?;
         let mut guard = StagingGuard(Some(staging.clone()));
         let mut file = self.create_staging(name, &staging).await?;
@@ -170,9 +126,7 @@ impl Target for LocalTarget {
         loop {
             match chunks.recv().await {
                 Some(Chunk::Data(data)) => {
-                    file.write_all(&data)
-                        .await
-                        .map_err(|err| self.error("write", name.as_str(), err))?;
+                    file.write_all(&data).await.map_err(|err| self.error("write", name.as_str(), err))?;
                     written += data.len() as u64;
                 }
                 Some(Chunk::End { bytes }) => {
@@ -182,9 +136,7 @@ impl Target for LocalTarget {
                             target: self.name.clone(),
                             action: "write",
                             object: name.to_string(),
-                            message: format!(
-                                "received {written} bytes, the producer announced {bytes}"
-                            ),
+                            message: format!("received {written} bytes, the producer announced {bytes}"),
                         });
                     }
                     break;
@@ -195,28 +147,22 @@ impl Target for LocalTarget {
                         target: self.name.clone(),
                         action: "write",
                         object: name.to_string(),
-                        message: format!(
-                            "upload abandoned after {written} bytes; nothing was published"
-                        ),
+                        message: format!("upload abandoned after {written} bytes; nothing was published"),
                     });
                 }
             }
         }
         self.publish(name, file, &staging, &path).await?;
         guard.disarm();
-        let size = tokio::fs::metadata(&path)
-            .await
-            .map_err(|err| self.error("check size of", name.as_str(), err))?
-            .len();
+        let size =
+            tokio::fs::metadata(&path).await.map_err(|err| self.error("check size of", name.as_str(), err))?.len();
         if size != written {
             return Err(Error {
                 kind: ErrorKind::Incomplete,
                 target: self.name.clone(),
                 action: "check size of",
                 object: name.to_string(),
-                message: format!(
-                    "file holds {size} bytes after publishing, {written} were written"
-                ),
+                message: format!("file holds {size} bytes after publishing, {written} were written"),
             });
         }
         Ok(written)
@@ -226,35 +172,28 @@ impl Target for LocalTarget {
         let (path, staging) = self.prepare(name).await?;
         let mut guard = StagingGuard(Some(staging.clone()));
         let mut file = self.create_staging(name, &staging).await?;
-        file.write_all(&data)
-            .await
-            .map_err(|err| self.error("write", name.as_str(), err))?;
+        file.write_all(&data).await.map_err(|err| self.error("write", name.as_str(), err))?;
         self.publish(name, file, &staging, &path).await?;
         guard.disarm();
         Ok(())
     }
 
     async fn get(&self, name: &ObjectName) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
-        let file = tokio::fs::File::open(self.path_of(name))
-            .await
-            .map_err(|err| self.error("open", name.as_str(), err))?;
+        let file =
+            tokio::fs::File::open(self.path_of(name)).await.map_err(|err| self.error("open", name.as_str(), err))?;
         Ok(Box::new(file))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let root = self.root.clone();
         let prefix = prefix.to_string();
-        let found = tokio::task::spawn_blocking(move || list_files(&root, &prefix))
-            .await
-            .expect("list task panicked");
+        let found = tokio::task::spawn_blocking(move || list_files(&root, &prefix)).await.expect("list task panicked");
         found.map_err(|err| self.error("list", &self.root.display().to_string(), err))
     }
 
     async fn delete(&self, name: &ObjectName) -> Result<()> {
         let path = self.path_of(name);
-        tokio::fs::remove_file(&path)
-            .await
-            .map_err(|err| self.error("delete", name.as_str(), err))?;
+        tokio::fs::remove_file(&path).await.map_err(|err| self.error("delete", name.as_str(), err))?;
         sync_dir(path.parent().expect("object paths are below the root"))
             .await
             .map_err(|err| self.error("fsync directory of", name.as_str(), err))
@@ -272,11 +211,7 @@ fn list_files(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
     };
     let mut pending = vec![start_dir];
     while let Some(relative) = pending.pop() {
-        let dir = if relative.is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(&relative)
-        };
+        let dir = if relative.is_empty() { root.to_path_buf() } else { root.join(&relative) };
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(err) if err.kind() == IoKind::NotFound => continue,
@@ -291,17 +226,10 @@ fn list_files(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
             if file_name.starts_with('.') {
                 continue;
             }
-            let name = if relative.is_empty() {
-                file_name.to_string()
-            } else {
-                format!("{relative}/{file_name}")
-            };
+            let name = if relative.is_empty() { file_name.to_string() } else { format!("{relative}/{file_name}") };
             let file_type = entry.file_type()?;
             if file_type.is_dir() {
-                if prefix.starts_with(&format!("{name}/"))
-                    || name.starts_with(prefix)
-                    || prefix.is_empty()
-                {
+                if prefix.starts_with(&format!("{name}/")) || name.starts_with(prefix) || prefix.is_empty() {
                     pending.push(name);
                 }
             } else if file_type.is_file() && name.starts_with(prefix) {
@@ -309,11 +237,7 @@ fn list_files(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
                     continue;
                 };
                 let metadata = entry.metadata()?;
-                out.push(ObjectInfo {
-                    name: object,
-                    size: metadata.len(),
-                    modified: metadata.modified().ok(),
-                });
+                out.push(ObjectInfo { name: object, size: metadata.len(), modified: metadata.modified().ok() });
             }
         }
     }

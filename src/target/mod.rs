@@ -37,38 +37,20 @@ impl ObjectName {
     pub fn new(name: impl Into<String>) -> std::result::Result<Self, InvalidName> {
         let name = name.into();
         if name.is_empty() || name.len() > 1024 {
-            return Err(InvalidName {
-                name,
-                reason: "must be 1 to 1024 bytes",
-            });
+            return Err(InvalidName { name, reason: "must be 1 to 1024 bytes" });
         }
         if name.starts_with('/') {
-            return Err(InvalidName {
-                name,
-                reason: "must not be absolute",
-            });
+            return Err(InvalidName { name, reason: "must not be absolute" });
         }
         for component in name.split('/') {
             if component.is_empty() {
-                return Err(InvalidName {
-                    name,
-                    reason: "has an empty path component",
-                });
+                return Err(InvalidName { name, reason: "has an empty path component" });
             }
             if component.starts_with('.') {
-                return Err(InvalidName {
-                    name,
-                    reason: "has a component starting with '.' (reserved for staging)",
-                });
+                return Err(InvalidName { name, reason: "has a component starting with '.' (reserved for staging)" });
             }
-            if !component
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-            {
-                return Err(InvalidName {
-                    name,
-                    reason: "may only contain letters, digits, '.', '_', '-' and '/'",
-                });
+            if !component.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+                return Err(InvalidName { name, reason: "may only contain letters, digits, '.', '_', '-' and '/'" });
             }
         }
         Ok(ObjectName(name))
@@ -169,19 +151,7 @@ mod tests {
     #[test]
     fn object_names_are_validated() {
         assert!(ObjectName::new("sessions/20261204T205145Z-3fa9c2d1.rdb.zst").is_ok());
-        for bad in [
-            "",
-            "/abs",
-            "a//b",
-            "a/../b",
-            "..",
-            ".hidden",
-            "a/.staging",
-            "sp ace",
-            "tab\t",
-            "a\\b",
-            "ü",
-        ] {
+        for bad in ["", "/abs", "a//b", "a/../b", "..", ".hidden", "a/.staging", "sp ace", "tab\t", "a\\b", "ü"] {
             assert!(ObjectName::new(bad).is_err(), "{bad:?} was accepted");
         }
     }

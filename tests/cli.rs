@@ -1,0 +1,148 @@
+//! The command line without a Redis server: `inspect`, `check`, usage errors
+//! and exit codes.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Redis, assert_exit, assert_success, stderr, stdout};
+
+fn sessbackup() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sessbackup"));
+    command.env_remove("SESSBACKUP_CONFIG").env_remove("RUST_LOG");
+    command
+}
+
+/// An RDB file saved by a real server, with keys in two databases.
+fn saved_rdb(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let redis = Redis::start(&[])?;
+    common::fill_sessions(&redis, 200);
+    let _: String = redis.cmd(&["SAVE"]);
+    let path = dir.join("dump.rdb");
+    std::fs::copy(redis.rdb_path(), &path).unwrap();
+    Some(path)
+}
+
+#[test]
+fn inspect_describes_valid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(rdb) = saved_rdb(dir.path()) else { return };
+    let output = sessbackup().args(["inspect", rdb.to_str().unwrap()]).output().unwrap();
+    assert_success(&output, "inspect");
+    let text = stdout(&output);
+    assert!(text.contains("format: Redis RDB version 10"), "{text}");
+    assert!(text.contains("aux redis-ver: 7.0.15"), "{text}");
+    assert!(text.contains("db 1:"), "{text}");
+    assert!(text.contains("verdict: valid"), "{text}");
+
+    let output = sessbackup().args(["inspect", "--json", rdb.to_str().unwrap()]).output().unwrap();
+    assert_success(&output, "inspect --json");
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(value["valid"], true);
+    assert_eq!(value["rdb_version"], 10);
+    let databases = value["databases"].as_array().unwrap();
+    assert_eq!(databases.len(), 2);
+    let total: u64 = databases.iter().map(|db| db["keys"].as_u64().unwrap()).sum();
+    assert_eq!(value["keys"].as_u64(), Some(total));
+    assert!(value["expires"].as_u64().unwrap() > 0);
+    assert!(value.get("error").is_none());
+}
+
+#[test]
+fn inspect_reports_offset_of_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(rdb) = saved_rdb(dir.path()) else { return };
+    let mut bytes = std::fs::read(&rdb).unwrap();
+    let len = bytes.len();
+    bytes.truncate(len - 3);
+    std::fs::write(&rdb, &bytes).unwrap();
+
+    let output = sessbackup().args(["inspect", "--json", rdb.to_str().unwrap()]).output().unwrap();
+    assert_exit(&output, 1, "inspect of a truncated file");
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(value["valid"], false);
+    assert!(value["error"]["offset"].as_u64().unwrap() >= (len - 8) as u64, "{value}");
+    assert!(value["error"]["message"].as_str().unwrap().contains("end of file"), "{value}");
+
+    let output = sessbackup().args(["inspect", rdb.to_str().unwrap()]).output().unwrap();
+    assert_exit(&output, 1, "inspect of a truncated file");
+    assert!(stdout(&output).contains("verdict: INVALID at offset"), "{}", stdout(&output));
+}
+
+#[test]
+fn inspect_of_missing_file_fails() {
+    let output = sessbackup().args(["inspect", "/nonexistent/dump.rdb"]).output().unwrap();
+    assert_exit(&output, 1, "inspect of a missing file");
+    assert!(stderr(&output).contains("/nonexistent/dump.rdb"));
+}
+
+#[test]
+fn check_reports_all_problems_with_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[[job]]\nname = \"sessions\"\nredis_url = \"redis://127.0.0.1:6379/\"\ncompression_level = 30\ntargets = [\"nas\"]\nretention = 3\n\n\
+         [[target]]\nname = \"local\"\ntype = \"local\"\npath = \"relative/dir\"\n",
+    )
+    .unwrap();
+    let output = sessbackup().args(["--config", config.to_str().unwrap(), "check"]).output().unwrap();
+    assert_exit(&output, 78, "check of an invalid file");
+    let text = stderr(&output);
+    for expected in [
+        "line 4: job \"sessions\": compression_level 30",
+        "line 5:",
+        "line 6: unknown key \"retention\"",
+        "line 11: target \"local\": path",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(text.contains("(4 problems)"), "{text}");
+    assert!(text.contains("defined targets: [\"local\"]"), "{text}");
+}
+
+#[test]
+fn check_accepts_example_file() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let output = sessbackup().args(["--config", example, "check"]).output().unwrap();
+    assert_success(&output, "check of config.example.toml");
+    assert!(stdout(&output).contains("is valid"));
+}
+
+#[test]
+fn missing_config_file_exits_78() {
+    let output = sessbackup().args(["--config", "/nonexistent/sessbackup.toml", "list"]).output().unwrap();
+    assert_exit(&output, 78, "list without a config file");
+    assert!(stderr(&output).contains("file not found"), "{}", stderr(&output));
+}
+
+#[test]
+fn check_reports_unset_password_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let backups = dir.path().join("backups");
+    std::fs::write(
+        &config,
+        format!(
+            "[[job]]\nname = \"sessions\"\nredis_url = \"redis://127.0.0.1:6379/\"\npassword_env = \"SESSBACKUP_TEST_UNSET_VARIABLE\"\ntargets = [\"local\"]\n\n\
+             [[target]]\nname = \"local\"\ntype = \"local\"\npath = \"{}\"\n",
+            backups.display()
+        ),
+    )
+    .unwrap();
+    let output = sessbackup()
+        .args(["--config", config.to_str().unwrap(), "check"])
+        .env_remove("SESSBACKUP_TEST_UNSET_VARIABLE")
+        .output()
+        .unwrap();
+    assert_exit(&output, 78, "check with an unset password variable");
+    assert!(stderr(&output).contains("SESSBACKUP_TEST_UNSET_VARIABLE"), "{}", stderr(&output));
+}
+
+#[test]
+fn usage_error_exits_2() {
+    let output = sessbackup().args(["restore"]).output().unwrap();
+    assert_exit(&output, 2, "restore without --to");
+    let output = sessbackup().args(["frobnicate"]).output().unwrap();
+    assert_exit(&output, 2, "unknown command");
+}
