@@ -333,10 +333,11 @@ async fn select_backup(
     target: Option<&str>,
     which: &str,
 ) -> anyhow::Result<Backup> {
-    if let Some(name) = job {
-        if config.job(name).is_none() && target.is_none() {
-            tracing::warn!(job = name, "job is not in the configuration; searching every target");
-        }
+    if let Some(name) = job
+        && config.job(name).is_none()
+        && target.is_none()
+    {
+        tracing::warn!(job = name, "job is not in the configuration; searching every target");
     }
     let mut searched = Vec::new();
     for target in candidate_targets(config, job, target)? {

@@ -138,25 +138,25 @@ impl Config {
     pub fn check_environment(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for job in &self.jobs {
-            if let Some(source) = &job.redis.password {
-                if let Err(message) = source.resolve() {
-                    problems.push(format!("job {:?}: {message}", job.name));
-                }
+            if let Some(source) = &job.redis.password
+                && let Err(message) = source.resolve()
+            {
+                problems.push(format!("job {:?}: {message}", job.name));
             }
-            if let Some(path) = &job.redis.tls_ca_file {
-                if let Err(err) = std::fs::metadata(path) {
-                    problems.push(format!("job {:?}: cannot read tls_ca_file {}: {err}", job.name, path.display()));
-                }
+            if let Some(path) = &job.redis.tls_ca_file
+                && let Err(err) = std::fs::metadata(path)
+            {
+                problems.push(format!("job {:?}: cannot read tls_ca_file {}: {err}", job.name, path.display()));
             }
         }
         for target in &self.targets {
             match &target.kind {
                 TargetKind::Local { path } => {
                     let existing = path.ancestors().find(|dir| dir.exists());
-                    if let Some(dir) = existing {
-                        if !dir.is_dir() {
-                            problems.push(format!("target {:?}: {} is not a directory", target.name, dir.display()));
-                        }
+                    if let Some(dir) = existing
+                        && !dir.is_dir()
+                    {
+                        problems.push(format!("target {:?}: {} is not a directory", target.name, dir.display()));
                     }
                 }
             }
@@ -207,9 +207,10 @@ pub fn load(path: &Path) -> Result<Config, Error> {
         problems: vec![Problem {
             line: None,
             message: match err.kind() {
-                std::io::ErrorKind::NotFound => format!(
+                std::io::ErrorKind::NotFound => {
                     "file not found; create it (see config.example.toml) or pass --config PATH / set SESSBACKUP_CONFIG"
-                ),
+                        .to_string()
+                }
                 _ => format!("cannot read the file: {err}"),
             },
         }],

@@ -319,6 +319,9 @@ pub struct Pass {
     pub duration: Duration,
 }
 
+/// Per-target senders of a run; `None` once that target stopped receiving.
+type Senders = Vec<Option<mpsc::Sender<Chunk>>>;
+
 enum StreamError {
     Read(String),
     Compress(String),
@@ -331,8 +334,8 @@ fn stream_rdb(
     mut file: std::fs::File,
     size: u64,
     level: i32,
-    senders: Vec<Option<mpsc::Sender<Chunk>>>,
-) -> Result<(Pass, Vec<Option<mpsc::Sender<Chunk>>>), StreamError> {
+    senders: Senders,
+) -> Result<(Pass, Senders), StreamError> {
     let started = Instant::now();
     let (walk_sender, walk_receiver) = std_mpsc::sync_channel::<Bytes>(CHANNEL_CHUNKS);
     let walker = std::thread::Builder::new()
@@ -366,10 +369,10 @@ fn stream_rdb(
             // reading so the size and hash cover the whole file.
             walker_alive = false;
         }
-        if encoder.get_ref().live() > 0 {
-            if let Err(err) = encoder.write_all(&chunk) {
-                break Err(StreamError::Compress(err.to_string()));
-            }
+        if encoder.get_ref().live() > 0
+            && let Err(err) = encoder.write_all(&chunk)
+        {
+            break Err(StreamError::Compress(err.to_string()));
         }
     };
     drop(walk_sender);
@@ -421,11 +424,11 @@ struct FanOut {
     hash: Sha256,
     bytes: u64,
     pending: BytesMut,
-    senders: Vec<Option<mpsc::Sender<Chunk>>>,
+    senders: Senders,
 }
 
 impl FanOut {
-    fn new(senders: Vec<Option<mpsc::Sender<Chunk>>>) -> Self {
+    fn new(senders: Senders) -> Self {
         FanOut { hash: Sha256::new(), bytes: 0, pending: BytesMut::with_capacity(CHUNK_BYTES), senders }
     }
 
@@ -450,7 +453,7 @@ impl FanOut {
         self.pending.reserve(CHUNK_BYTES);
     }
 
-    fn finish(mut self) -> io::Result<(u64, String, Vec<Option<mpsc::Sender<Chunk>>>)> {
+    fn finish(mut self) -> io::Result<(u64, String, Senders)> {
         self.send_pending();
         Ok((self.bytes, hex::encode(self.hash.finalize()), self.senders))
     }

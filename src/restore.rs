@@ -241,12 +241,11 @@ fn measure(reader: impl Read, sink: Option<std::fs::File>) -> Measured {
             buffer.truncate(read);
             rdb_hash.update(&buffer);
             rdb_bytes += read as u64;
-            if let Some(file) = sink.as_mut() {
-                if sink_error.is_none() {
-                    if let Err(err) = file.write_all(&buffer) {
-                        sink_error = Some(err.to_string());
-                    }
-                }
+            if let Some(file) = sink.as_mut()
+                && sink_error.is_none()
+                && let Err(err) = file.write_all(&buffer)
+            {
+                sink_error = Some(err.to_string());
             }
             if walker_alive && walk_sender.send(Bytes::from(buffer)).is_err() {
                 walker_alive = false;
@@ -262,12 +261,11 @@ fn measure(reader: impl Read, sink: Option<std::fs::File>) -> Measured {
     // Hash whatever the decoder left unread so size and hash describe the
     // whole artifact, also after a decompression error.
     let read_error = artifact.drain().err().map(|err| err.to_string());
-    if let Some(mut file) = sink {
-        if sink_error.is_none() {
-            if let Err(err) = file.flush() {
-                sink_error = Some(err.to_string());
-            }
-        }
+    if let Some(mut file) = sink
+        && sink_error.is_none()
+        && let Err(err) = file.flush()
+    {
+        sink_error = Some(err.to_string());
     }
     let (artifact_bytes, artifact_sha256) = artifact.finish();
     Measured {

@@ -233,12 +233,11 @@ impl RedisSource {
             Err(err) => {
                 // A failed save does not move LASTSAVE on old servers: report
                 // the failure rather than a timeout when Redis says so.
-                if before.saves.is_none() {
-                    if let Ok(info) = persistence_info(&mut connection).await {
-                        if field(&info, "rdb_last_bgsave_status") == Some("err") {
-                            return Err(Error::SaveFailed);
-                        }
-                    }
+                if before.saves.is_none()
+                    && let Ok(info) = persistence_info(&mut connection).await
+                    && field(&info, "rdb_last_bgsave_status") == Some("err")
+                {
+                    return Err(Error::SaveFailed);
                 }
                 return Err(err);
             }

@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::BufReader;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sessbackup::rdb;
 
@@ -35,7 +35,7 @@ struct Row {
     expires: Option<u64>,
 }
 
-fn read_oracle(dir: &PathBuf) -> Vec<Row> {
+fn read_oracle(dir: &Path) -> Vec<Row> {
     let text = std::fs::read_to_string(dir.join("oracle.tsv")).expect("read oracle.tsv");
     let mut rows = Vec::new();
     for line in text.lines() {

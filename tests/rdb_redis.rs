@@ -53,8 +53,26 @@ fn rich_rdb(redis: &Redis) -> Vec<u8> {
     pipe.cmd("XADD").arg("stream:events").arg("*").arg("other").arg("field-set").ignore();
     pipe.cmd("XGROUP").arg("CREATE").arg("stream:events").arg("workers").arg("0").ignore();
     pipe.cmd("XGROUP").arg("CREATE").arg("stream:events").arg("auditors").arg("$").ignore();
-    pipe.cmd("XREADGROUP").arg("GROUP").arg("workers").arg("alice").arg("COUNT").arg(5).arg("STREAMS").arg("stream:events").arg(">").ignore();
-    pipe.cmd("XREADGROUP").arg("GROUP").arg("workers").arg("bob").arg("COUNT").arg(3).arg("STREAMS").arg("stream:events").arg(">").ignore();
+    pipe.cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg("alice")
+        .arg("COUNT")
+        .arg(5)
+        .arg("STREAMS")
+        .arg("stream:events")
+        .arg(">")
+        .ignore();
+    pipe.cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg("bob")
+        .arg("COUNT")
+        .arg(3)
+        .arg("STREAMS")
+        .arg("stream:events")
+        .arg(">")
+        .ignore();
     pipe.cmd("SELECT").arg(3).ignore();
     pipe.cmd("SET").arg("db3:key").arg("v").ignore();
     pipe.cmd("HSET").arg("db3:hash").arg("f").arg("v").ignore();
@@ -88,7 +106,8 @@ fn check_rdb_available() -> bool {
 
 /// Runs redis-check-rdb; `None` if it did not finish in time.
 fn redis_check_rdb(path: &Path) -> Option<(bool, String)> {
-    let mut child = Command::new("redis-check-rdb").arg(path).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        Command::new("redis-check-rdb").arg(path).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -109,7 +128,8 @@ fn redis_check_rdb(path: &Path) -> Option<(bool, String)> {
 fn every_encoding_from_redis_is_accepted() {
     let Some(redis) = Redis::start(&[]) else { return };
     let bytes = rich_rdb(&redis);
-    let summary = rdb::walk(&bytes[..]).unwrap_or_else(|failure| panic!("walker rejected a file Redis wrote: {failure}"));
+    let summary =
+        rdb::walk(&bytes[..]).unwrap_or_else(|failure| panic!("walker rejected a file Redis wrote: {failure}"));
     let keyspace = redis.keyspace();
     let expected: Vec<(u64, u64, u64)> =
         summary.databases.iter().map(|(db, counts)| (*db, counts.keys, counts.expires)).collect();
@@ -162,7 +182,8 @@ fn damaged_copies_agree_with_redis_check_rdb() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mutated.rdb");
     let mut rng = Rng(0x5e55_bac4_0000_0001);
-    let iterations: usize = std::env::var("SESSBACKUP_FUZZ_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let iterations: usize =
+        std::env::var("SESSBACKUP_FUZZ_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
     let mut disagreements = Vec::new();
     let mut rejected = 0;
     for iteration in 0..iterations {
@@ -205,9 +226,14 @@ fn damaged_copies_agree_with_redis_check_rdb() {
                 Err(failure) => format!("invalid: {failure}"),
             };
             let theirs_line = output.lines().filter(|line| line.contains("[offset")).collect::<Vec<_>>().join(" | ");
-            disagreements.push(format!("iteration {iteration} (mutation {kind}): walker {ours}; redis-check-rdb {theirs} {theirs_line}"));
+            disagreements.push(format!(
+                "iteration {iteration} (mutation {kind}): walker {ours}; redis-check-rdb {theirs} {theirs_line}"
+            ));
         }
     }
-    assert!(rejected > iterations / 4, "too few damaged copies were rejected ({rejected}); the mutations are not reaching the structure");
+    assert!(
+        rejected > iterations / 4,
+        "too few damaged copies were rejected ({rejected}); the mutations are not reaching the structure"
+    );
     assert!(disagreements.is_empty(), "{} disagreements:\n{}", disagreements.len(), disagreements.join("\n"));
 }

@@ -486,16 +486,16 @@ impl<'r, 'a, R: Read> Ziplist<'r, 'a, R> {
         if end != self.size - 1 {
             return Err(CompactError::new(end, "ziplist end byte is not the last byte of the ziplist"));
         }
-        if let Some(previous_start) = self.previous_start {
-            if previous_start != self.tail_offset {
-                return Err(CompactError::new(
-                    4,
-                    format!(
-                        "ziplist tail offset is {}, expected {previous_start} (the start of the last entry)",
-                        self.tail_offset
-                    ),
-                ));
-            }
+        if let Some(previous_start) = self.previous_start
+            && previous_start != self.tail_offset
+        {
+            return Err(CompactError::new(
+                4,
+                format!(
+                    "ziplist tail offset is {}, expected {previous_start} (the start of the last entry)",
+                    self.tail_offset
+                ),
+            ));
         }
         if self.declared_count != u16::MAX && self.declared_count as u64 != self.count {
             return Err(CompactError::new(
@@ -543,13 +543,13 @@ pub(crate) fn check_intset<R: Read>(reader: &mut ValueReader<'_, R>) -> CompactR
             4 => i32::from_le_bytes([member[0], member[1], member[2], member[3]]) as i64,
             _ => i64::from_le_bytes(buf),
         };
-        if let Some(previous) = previous {
-            if value <= previous {
-                return Err(CompactError::new(
-                    8 + index * width,
-                    format!("intset member {value} is not greater than the previous member {previous}"),
-                ));
-            }
+        if let Some(previous) = previous
+            && value <= previous
+        {
+            return Err(CompactError::new(
+                8 + index * width,
+                format!("intset member {value} is not greater than the previous member {previous}"),
+            ));
         }
         previous = Some(value);
     }

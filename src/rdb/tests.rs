@@ -477,7 +477,7 @@ fn valkey_hash_with_field_expiry() {
 fn stream_node() -> Vec<u8> {
     let mut body = Vec::new();
     let ints: [i64; 10] = [1, 0, 1, 0, 0, 0, 0, 0, 0, 0];
-    let mut push_int = |body: &mut Vec<u8>, value: i64| {
+    let push_int = |body: &mut Vec<u8>, value: i64| {
         body.push(value as u8);
         body.push(1);
     };

@@ -345,17 +345,16 @@ fn check_ziplist<R: Read>(walker: &mut Walker<R>, tuple: u64, pairs: bool) -> Re
         let mut ziplist = Ziplist::open(&mut reader)?;
         let mut index: u64 = 0;
         loop {
-            let is_field = pairs && index % tuple == 0;
+            let is_field = pairs && index.is_multiple_of(tuple);
             let want = if is_field { Want::Fingerprint(keys) } else { Want::Skip };
             let Some(element) = ziplist.next(want)? else {
                 break;
             };
-            if is_field {
-                if let Element::Str { fingerprint: Some(fingerprint), .. } = element {
-                    if !members.insert(fingerprint) {
-                        return Err(CompactError::new(0, format!("duplicate field in entry {index}")));
-                    }
-                }
+            if is_field
+                && let Element::Str { fingerprint: Some(fingerprint), .. } = element
+                && !members.insert(fingerprint)
+            {
+                return Err(CompactError::new(0, format!("duplicate field in entry {index}")));
             }
             index += 1;
         }
@@ -396,10 +395,10 @@ fn check_listpack_string<R: Read>(
                 break;
             };
             if dedup && position == 0 {
-                if let Element::Str { fingerprint: Some(fingerprint), .. } = element {
-                    if !members.insert(fingerprint) {
-                        return Err(CompactError::new(0, format!("duplicate member in entry {index}")));
-                    }
+                if let Element::Str { fingerprint: Some(fingerprint), .. } = element
+                    && !members.insert(fingerprint)
+                {
+                    return Err(CompactError::new(0, format!("duplicate member in entry {index}")));
                 }
             } else if field_expiry && position == 2 {
                 let Element::Int(expire) = element else {

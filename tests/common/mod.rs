@@ -5,7 +5,7 @@
 //! A missing `redis-server` skips the test with a message on standard error;
 //! `SESSBACKUP_REQUIRE_SERVERS=1` turns that skip into a failure.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test crate uses a different part of the harness")]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
