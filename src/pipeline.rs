@@ -34,6 +34,11 @@ use crate::target::{self, Chunk, Target};
 
 /// Size of the chunks read from the RDB file and sent to targets.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Input per zstd worker job. zstd's default at level 3 is several times the
+/// window, and each queued job holds its input and output: on a 1 GiB RDB
+/// with two workers that measured 79 MiB peak RSS, against 35 MiB with 2 MiB
+/// jobs, at the same ratio and speed (scripts/bench, BENCHMARKS.md).
+const ZSTD_JOB_BYTES: u32 = 2 * 1024 * 1024;
 /// Chunks buffered per channel.
 const CHANNEL_CHUNKS: usize = 4;
 
@@ -400,6 +405,7 @@ fn configure_encoder<W: Write>(encoder: &mut zstd::stream::write::Encoder<'stati
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8) as u32;
     if workers > 1 {
         encoder.multithread(workers)?;
+        encoder.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_BYTES))?;
     }
     Ok(())
 }

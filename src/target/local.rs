@@ -1,27 +1,58 @@
 //! A target in a local directory.
 //!
 //! Uploads go to a hidden staging file next to their final name, created with
-//! mode 0600. Publishing is: write, `fsync` the file, check its size, rename it
-//! to the final name without replacing anything, then `fsync` the directory so
-//! the rename survives a crash. A staging file left by a crash starts with '.',
-//! so `list` never shows it.
+//! mode 0600. Publishing is: write, `fsync` the file, rename it to the final
+//! name without replacing anything, `fsync` the directory so the rename
+//! survives a crash, and check the published size. A staging file left by a
+//! crash starts with '.', so `list` never shows it.
+//!
+//! Each upload runs on one blocking thread that owns the staging file from
+//! creation to rename or removal. An upload whose task is cancelled keeps
+//! running until its channel closes, then removes the staging file itself, so
+//! no cancelled upload can leave a file behind.
 
 use std::fmt;
-use std::io::ErrorKind as IoKind;
-use std::os::unix::fs::DirBuilderExt;
+use std::io::{ErrorKind as IoKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
 use super::{Chunk, Error, ErrorKind, ObjectInfo, ObjectName, Result, Target};
-use crate::fsutil::{rename_no_replace, sync_dir};
+use crate::fsutil::{rename_no_replace, sync_dir, sync_dir_blocking};
 
 pub struct LocalTarget {
     name: String,
     root: PathBuf,
+}
+
+/// A failed step of an upload, before the target and object are attached.
+struct Failure {
+    kind: ErrorKind,
+    action: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn io(action: &'static str, err: std::io::Error) -> Self {
+        Failure { kind: kind_of(&err), action, message: err.to_string() }
+    }
+
+    fn incomplete(message: String) -> Self {
+        Failure { kind: ErrorKind::Incomplete, action: "write", message }
+    }
+}
+
+fn kind_of(err: &std::io::Error) -> ErrorKind {
+    match err.kind() {
+        IoKind::NotFound => ErrorKind::NotFound,
+        IoKind::AlreadyExists => ErrorKind::AlreadyExists,
+        IoKind::PermissionDenied => ErrorKind::PermissionDenied,
+        _ => ErrorKind::Other,
+    }
 }
 
 impl LocalTarget {
@@ -34,58 +65,81 @@ impl LocalTarget {
     }
 
     fn error(&self, action: &'static str, object: &str, err: std::io::Error) -> Error {
-        let kind = match err.kind() {
-            IoKind::NotFound => ErrorKind::NotFound,
-            IoKind::AlreadyExists => ErrorKind::AlreadyExists,
-            IoKind::PermissionDenied => ErrorKind::PermissionDenied,
-            _ => ErrorKind::Other,
-        };
-        Error { kind, target: self.name.clone(), action, object: object.to_string(), message: err.to_string() }
+        Error {
+            kind: kind_of(&err),
+            target: self.name.clone(),
+            action,
+            object: object.to_string(),
+            message: err.to_string(),
+        }
+    }
+
+    fn attach(&self, object: &ObjectName, failure: Failure) -> Error {
+        Error {
+            kind: failure.kind,
+            target: self.name.clone(),
+            action: failure.action,
+            object: object.to_string(),
+            message: failure.message,
+        }
     }
 
     fn path_of(&self, name: &ObjectName) -> PathBuf {
         self.root.join(name.as_str())
     }
 
-    /// Creates the object's parent directories (mode 0700) and returns the
-    /// final path and a fresh staging path beside it.
-    async fn prepare(&self, name: &ObjectName) -> Result<(PathBuf, PathBuf)> {
+    /// Runs one upload on a blocking thread: `fill` writes the content into
+    /// the staging file, then the file is published as `name`.
+    async fn upload<F>(&self, name: &ObjectName, fill: F) -> Result<u64>
+    where
+        F: FnOnce(&mut std::fs::File) -> std::result::Result<u64, Failure> + Send + 'static,
+    {
         let path = self.path_of(name);
-        let parent = path.parent().expect("object paths are below the root").to_path_buf();
-        let for_error = parent.clone();
-        tokio::task::spawn_blocking(move || std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&parent))
-            .await
-            .expect("create_dir task panicked")
-            .map_err(|err| self.error("create directory for", &for_error.display().to_string(), err))?;
-        let file_name = path.file_name().expect("object names have a last component").to_string_lossy().into_owned();
-        let staging = path.with_file_name(format!(".{file_name}.partial-{:016x}", rand::random::<u64>()));
-        Ok((path, staging))
+        let result =
+            tokio::task::spawn_blocking(move || stage_and_publish(&path, fill)).await.expect("upload thread panicked");
+        result.map_err(|failure| self.attach(name, failure))
     }
+}
 
-    async fn create_staging(&self, name: &ObjectName, staging: &Path) -> Result<tokio::fs::File> {
-        tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(staging)
-            .await
-            .map_err(|err| self.error("create staging file for", name.as_str(), err))
-    }
+/// Creates the staging file, fills it, makes it durable and renames it to
+/// `path`; removes the staging file on any failure.
+fn stage_and_publish<F>(path: &Path, fill: F) -> std::result::Result<u64, Failure>
+where
+    F: FnOnce(&mut std::fs::File) -> std::result::Result<u64, Failure>,
+{
+    let parent = path.parent().expect("object paths are below the root");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .map_err(|err| Failure::io("create directory for", err))?;
+    let file_name = path.file_name().expect("object names have a last component").to_string_lossy().into_owned();
+    let staging = path.with_file_name(format!(".{file_name}.partial-{:016x}", rand::random::<u64>()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staging)
+        .map_err(|err| Failure::io("create staging file for", err))?;
+    let mut guard = StagingGuard(Some(staging.clone()));
 
-    /// Makes the staged file durable and gives it its final name.
-    async fn publish(&self, name: &ObjectName, mut file: tokio::fs::File, staging: &Path, path: &Path) -> Result<()> {
-        file.flush().await.map_err(|err| self.error("write", name.as_str(), err))?;
-        file.sync_all().await.map_err(|err| self.error("fsync", name.as_str(), err))?;
-        drop(file);
-        let (from, to) = (staging.to_path_buf(), path.to_path_buf());
-        tokio::task::spawn_blocking(move || rename_no_replace(&from, &to))
-            .await
-            .expect("rename task panicked")
-            .map_err(|err| self.error("publish", name.as_str(), err))?;
-        sync_dir(path.parent().expect("object paths are below the root"))
-            .await
-            .map_err(|err| self.error("fsync directory of", name.as_str(), err))
+    let written = fill(&mut file)?;
+    file.flush().map_err(|err| Failure::io("write", err))?;
+    file.sync_all().map_err(|err| Failure::io("fsync", err))?;
+    drop(file);
+    rename_no_replace(&staging, path).map_err(|err| Failure::io("publish", err))?;
+    guard.disarm();
+    sync_dir_blocking(parent).map_err(|err| Failure::io("fsync directory of", err))?;
+
+    let size = std::fs::metadata(path).map_err(|err| Failure::io("check size of", err))?.len();
+    if size != written {
+        return Err(Failure {
+            kind: ErrorKind::Incomplete,
+            action: "check size of",
+            message: format!("file holds {size} bytes after publishing, {written} were written"),
+        });
     }
+    Ok(written)
 }
 
 impl fmt::Display for LocalTarget {
@@ -94,8 +148,7 @@ impl fmt::Display for LocalTarget {
     }
 }
 
-/// Removes a staging file when dropped, unless it was published. This also
-/// covers a cancelled upload task.
+/// Removes a staging file when dropped, unless it was published.
 struct StagingGuard(Option<PathBuf>);
 
 impl StagingGuard {
@@ -119,63 +172,38 @@ impl Target for LocalTarget {
     }
 
     async fn put_stream(&self, name: &ObjectName, mut chunks: mpsc::Receiver<Chunk>) -> Result<u64> {
-        let (path, staging) = self.prepare(name).await?;
-        let mut guard = StagingGuard(Some(staging.clone()));
-        let mut file = self.create_staging(name, &staging).await?;
-        let mut written: u64 = 0;
-        loop {
-            match chunks.recv().await {
-                Some(Chunk::Data(data)) => {
-                    file.write_all(&data).await.map_err(|err| self.error("write", name.as_str(), err))?;
-                    written += data.len() as u64;
-                }
-                Some(Chunk::End { bytes }) => {
-                    if bytes != written {
-                        return Err(Error {
-                            kind: ErrorKind::Incomplete,
-                            target: self.name.clone(),
-                            action: "write",
-                            object: name.to_string(),
-                            message: format!("received {written} bytes, the producer announced {bytes}"),
-                        });
+        self.upload(name, move |file| {
+            let mut written: u64 = 0;
+            loop {
+                match chunks.blocking_recv() {
+                    Some(Chunk::Data(data)) => {
+                        file.write_all(&data).map_err(|err| Failure::io("write", err))?;
+                        written += data.len() as u64;
                     }
-                    break;
-                }
-                None => {
-                    return Err(Error {
-                        kind: ErrorKind::Incomplete,
-                        target: self.name.clone(),
-                        action: "write",
-                        object: name.to_string(),
-                        message: format!("upload abandoned after {written} bytes; nothing was published"),
-                    });
+                    Some(Chunk::End { bytes }) if bytes == written => return Ok(written),
+                    Some(Chunk::End { bytes }) => {
+                        return Err(Failure::incomplete(format!(
+                            "received {written} bytes, the producer announced {bytes}; nothing was published"
+                        )));
+                    }
+                    None => {
+                        return Err(Failure::incomplete(format!(
+                            "upload abandoned after {written} bytes; nothing was published"
+                        )));
+                    }
                 }
             }
-        }
-        self.publish(name, file, &staging, &path).await?;
-        guard.disarm();
-        let size =
-            tokio::fs::metadata(&path).await.map_err(|err| self.error("check size of", name.as_str(), err))?.len();
-        if size != written {
-            return Err(Error {
-                kind: ErrorKind::Incomplete,
-                target: self.name.clone(),
-                action: "check size of",
-                object: name.to_string(),
-                message: format!("file holds {size} bytes after publishing, {written} were written"),
-            });
-        }
-        Ok(written)
+        })
+        .await
     }
 
     async fn put_bytes(&self, name: &ObjectName, data: Bytes) -> Result<()> {
-        let (path, staging) = self.prepare(name).await?;
-        let mut guard = StagingGuard(Some(staging.clone()));
-        let mut file = self.create_staging(name, &staging).await?;
-        file.write_all(&data).await.map_err(|err| self.error("write", name.as_str(), err))?;
-        self.publish(name, file, &staging, &path).await?;
-        guard.disarm();
-        Ok(())
+        self.upload(name, move |file| {
+            file.write_all(&data).map_err(|err| Failure::io("write", err))?;
+            Ok(data.len() as u64)
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn get(&self, name: &ObjectName) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
