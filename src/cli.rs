@@ -137,7 +137,9 @@ pub fn main() -> ExitCode {
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal; journald and files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match cli.log_format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
@@ -209,8 +211,8 @@ async fn backup(config: &Config, job_name: Option<&str>, json: bool) -> anyhow::
             }
             Err(err) => {
                 failed = true;
+                // Logged only: a plain line would break JSON log parsing.
                 tracing::error!(job = %job.name, error = %format!("{err:#}"), "backup failed");
-                eprintln!("error: job {}: {err:#}", job.name);
                 reports.push(serde_json::json!({ "job": job.name, "error": format!("{err:#}") }));
             }
         }

@@ -44,7 +44,7 @@ const CHANNEL_CHUNKS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("snapshot failed: {0}")]
+    #[error("snapshot failed")]
     Source(#[from] source::Error),
     #[error("the RDB file failed its check, nothing was published: {0}")]
     Invalid(rdb::Error),
@@ -355,7 +355,6 @@ fn stream_rdb(
 
     let mut rdb_hash = Sha256::new();
     let mut rdb_bytes: u64 = 0;
-    let mut walker_alive = true;
     let read_result: Result<(), StreamError> = loop {
         let mut buffer = BytesMut::zeroed(CHUNK_BYTES);
         let read = match read_full(&mut file, &mut buffer) {
@@ -369,10 +368,10 @@ fn stream_rdb(
         let chunk = buffer.freeze();
         rdb_hash.update(&chunk);
         rdb_bytes += read as u64;
-        if walker_alive && walk_sender.send(chunk.clone()).is_err() {
-            // The walker stopped at an error; it has its verdict. Keep
-            // reading so the size and hash cover the whole file.
-            walker_alive = false;
+        if walk_sender.send(chunk.clone()).is_err() {
+            // The walker reads to the end of the stream unless it finds an
+            // error; it has its verdict, and nothing will be published.
+            break Ok(());
         }
         if encoder.get_ref().live() > 0
             && let Err(err) = encoder.write_all(&chunk)

@@ -322,3 +322,153 @@ fn password_never_reaches_output() {
     assert_exit(&wrong, 1, "backup with a wrong password");
     assert!(stderr(&wrong).contains("credentials"), "{}", stderr(&wrong));
 }
+
+#[test]
+fn save_timeout_publishes_nothing() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    fill_sessions(&redis, 2000);
+    // About 2000 keys x 10 ms: far longer than the one-second timeout below.
+    redis.cmd::<()>(&["CONFIG", "SET", "rdb-key-save-delay", "10000"]);
+    let setup = Setup::new(&redis.url(), "");
+    let text = std::fs::read_to_string(&setup.config)
+        .unwrap()
+        .replace("snapshot_timeout_secs = 60", "snapshot_timeout_secs = 1");
+    std::fs::write(&setup.config, text).unwrap();
+    let output = setup.run(&["backup"]);
+    assert_exit(&output, 1, "backup with a save that outlasts the timeout");
+    let message = stderr(&output);
+    assert!(message.contains("timed out after 1 s waiting for our BGSAVE to finish"), "{message}");
+    assert!(message.contains("snapshot_timeout_secs"), "{message}");
+    assert!(setup.backup_files().is_empty());
+}
+
+#[test]
+fn missing_rdb_file_is_reported() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    let setup = Setup::new(&redis.url(), "rdb_path = \"/nonexistent/sessbackup/dump.rdb\"");
+    let output = setup.run(&["backup"]);
+    assert_exit(&output, 1, "backup with a wrong rdb_path");
+    assert!(stderr(&output).contains("/nonexistent/sessbackup/dump.rdb not found"), "{}", stderr(&output));
+    assert!(setup.backup_files().is_empty());
+}
+
+/// Writes a CA and a server certificate for 127.0.0.1 signed by it; returns
+/// (CA certificate, server certificate, server key) paths.
+fn make_certificates(dir: &std::path::Path) -> Option<(String, String, String)> {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("openssl").args(args).current_dir(dir).output();
+        match output {
+            Ok(output) if output.status.success() => true,
+            Ok(output) => panic!("openssl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr)),
+            Err(_) => false,
+        }
+    };
+    let ca_ok = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sessbackup test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    if !ca_ok {
+        if std::env::var("SESSBACKUP_REQUIRE_SERVERS").as_deref() == Ok("1") {
+            panic!("openssl is not installed and SESSBACKUP_REQUIRE_SERVERS=1");
+        }
+        eprintln!("SKIPPED: openssl not found");
+        return None;
+    }
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    let path = |name: &str| dir.join(name).display().to_string();
+    Some((path("ca.pem"), path("server.pem"), path("server.key")))
+}
+
+#[test]
+fn tls_connection_uses_configured_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let Some((ca, cert, key)) = make_certificates(certs.path()) else { return };
+    let tls_port = common::free_port().to_string();
+    let Some(redis) = Redis::start(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]) else {
+        return;
+    };
+    fill_sessions(&redis, 200);
+    let url = format!("rediss://127.0.0.1:{tls_port}/");
+
+    let setup = Setup::new(&url, &format!("tls_ca_file = \"{ca}\""));
+    let report = backup_json(&setup);
+    assert_eq!(report["targets"][0]["published"], true);
+    assert_success(&setup.run(&["verify"]), "verify");
+
+    // Without the CA the server's certificate is not trusted.
+    let setup = Setup::new(&url, "connect_timeout_secs = 5");
+    let output = setup.run(&["backup"]);
+    assert_exit(&output, 1, "backup over TLS without the CA");
+    assert!(stderr(&output).to_lowercase().contains("certificate"), "{}", stderr(&output));
+    assert!(setup.backup_files().is_empty());
+}
+
+#[test]
+fn unix_socket_url_works() {
+    let socket_dir = tempfile::tempdir().unwrap();
+    let socket = socket_dir.path().join("redis.sock").display().to_string();
+    let Some(redis) = Redis::start(&["--unixsocket", &socket, "--unixsocketperm", "700"]) else { return };
+    fill_sessions(&redis, 100);
+    let setup = Setup::new(&format!("unix://{socket}"), "");
+    let report = backup_json(&setup);
+    assert_eq!(report["keys"].as_u64(), Some(redis.keyspace().iter().map(|(_, keys, _)| keys).sum()));
+}

@@ -146,3 +146,40 @@ fn usage_error_exits_2() {
     let output = sessbackup().args(["frobnicate"]).output().unwrap();
     assert_exit(&output, 2, "unknown command");
 }
+
+#[test]
+fn check_probe_connects_to_redis() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    let setup = common::Setup::new(&redis.url(), "");
+    let output = setup.run(&["check", "--probe"]);
+    assert_success(&output, "check --probe");
+    assert!(stdout(&output).contains("Redis 7.0.15 (master) reachable"), "{}", stdout(&output));
+
+    let closed = common::Setup::new(&format!("redis://127.0.0.1:{}/", common::free_port()), "connect_timeout_secs = 2");
+    let output = closed.run(&["check", "--probe"]);
+    assert_exit(&output, 1, "check --probe without Redis");
+    assert!(stderr(&output).contains("cannot connect to Redis"), "{}", stderr(&output));
+}
+
+#[test]
+fn json_logs_are_json_lines() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    common::fill_sessions(&redis, 50);
+    let setup = common::Setup::new(&redis.url(), "");
+    let output = setup.run(&["--log-format", "json", "backup"]);
+    assert_success(&output, "backup with JSON logs");
+    let mut finished = None;
+    for line in stderr(&output).lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+        if value["fields"]["message"] == "backup finished" {
+            finished = Some(value);
+        }
+    }
+    let finished = finished.expect("a 'backup finished' line");
+    assert_eq!(finished["span"]["job"], "sessions");
+    assert!(finished["span"]["backup_id"].is_string());
+    for field in ["rdb_bytes", "artifact_bytes", "ratio", "throughput_mib_s", "duration_ms"] {
+        assert!(!finished["fields"][field].is_null(), "missing {field}: {finished}");
+    }
+}
