@@ -355,7 +355,7 @@ async fn select_backup(
                 backups.iter().map(|backup| backup.manifest.job.as_str()).collect();
             if jobs.len() > 1 {
                 bail!(
-                    "target {} holds backups of several jobs ({}); pass --job to choose",
+                    "target {} contains backups of several jobs ({}); pass --job to choose one",
                     target.name(),
                     jobs.into_iter().collect::<Vec<_>>().join(", ")
                 );

@@ -37,7 +37,7 @@ pub struct Config {
 pub struct Job {
     pub name: String,
     pub redis: RedisSettings,
-    /// Path of the RDB file as this host sees it, when `CONFIG GET dir` and
+    /// Path of the RDB file on this host's file system, when `CONFIG GET dir` and
     /// `dbfilename` cannot be used or name a path that differs here.
     pub rdb_path: Option<PathBuf>,
     pub snapshot_timeout: Duration,
@@ -60,12 +60,12 @@ pub struct RedisSettings {
 }
 
 impl RedisSettings {
-    /// The URL including any password in it, for the client library only.
+    /// Returns the URL including any password in it, for the client library only.
     pub fn url_with_credentials(&self) -> &str {
         &self.url
     }
 
-    /// The URL without user name or password, for messages.
+    /// Returns the URL without user name or password, for messages.
     pub fn display_url(&self) -> String {
         redact_url(&self.url)
     }
@@ -84,7 +84,8 @@ impl fmt::Debug for RedisSettings {
     }
 }
 
-/// Where a password comes from. Holds the source's name, never the password.
+/// Source of a password: an environment variable or a file. Contains the
+/// source's name, never the password.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PasswordSource {
     Env(String),
@@ -666,7 +667,7 @@ impl<'a, 'i> Fields<'a, 'i> {
         Some((out, value.span()))
     }
 
-    /// The `name` key: required, and a valid object-name component.
+    /// Reads the required `name` key, which must be a valid object-name component.
     fn name(&mut self, problems: &mut Problems<'_>, span: std::ops::Range<usize>, what: &str) -> Option<String> {
         match self.string(problems, "name") {
             None => {

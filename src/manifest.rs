@@ -6,7 +6,7 @@
 //! `<job>/<id>.rdb.zst` (the artifact) and `<job>/<id>.manifest.json`, where
 //! `<id>` is `<UTC yyyymmddThhmmssZ>-<8 hex digits>`, so names sort by time.
 //!
-//! The manifest holds no secret: no password, and the Redis URL only without
+//! The manifest contains no secret: no password, and the Redis URL only without
 //! credentials.
 
 use std::collections::BTreeMap;
@@ -169,7 +169,7 @@ impl Manifest {
     }
 }
 
-/// A new backup id for a snapshot taken at `at`.
+/// Returns a new backup id for a snapshot taken at `at`.
 pub fn new_backup_id(at: OffsetDateTime) -> String {
     let at = at.to_offset(time::UtcOffset::UTC);
     format!(

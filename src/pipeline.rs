@@ -72,7 +72,7 @@ pub struct TargetOutcome {
     pub error: Option<String>,
 }
 
-/// What a finished run did.
+/// Report of a finished run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunReport {
     pub id: String,
@@ -86,7 +86,7 @@ pub struct RunReport {
     pub manifest: Manifest,
 }
 
-/// How the snapshot was obtained.
+/// How the run obtained its snapshot.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SnapshotReport {
     pub rdb_path: String,

@@ -4,9 +4,9 @@
 //! Verification downloads the artifact once and, in one pass, hashes it,
 //! decompresses it, hashes the RDB, walks the RDB to its CRC-64 trailer and
 //! compares every figure with the manifest. Restore runs the same pass while
-//! writing the RDB to a staging file beside the destination, and renames it
-//! into place only if every check passed; otherwise the staging file is
-//! removed and the destination is untouched.
+//! writing the RDB to a staging file beside the destination. It renames the
+//! file into place only if every check passed. Otherwise it removes the
+//! staging file, and the destination stays as it was.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -118,7 +118,7 @@ impl Verification {
         self.errors.is_empty() && self.checks.iter().all(|check| check.ok)
     }
 
-    /// The failed checks and errors, one per line.
+    /// Returns the failed checks and errors, one per line.
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.errors.clone();
         for check in self.checks.iter().filter(|check| !check.ok) {

@@ -13,7 +13,7 @@
 //! The RDB file is opened once; the open handle keeps reading the same file
 //! even if Redis renames a newer save over it meanwhile.
 //!
-//! This module knows nothing of targets; it hands back an open file.
+//! This module does not use targets; it returns an open file.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -28,7 +28,7 @@ use crate::secret::Secret;
 
 /// How often INFO is polled while a save runs.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// How long one Redis command may take to answer.
+/// Response timeout for one Redis command.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Header, EOF opcode and CRC trailer: no RDB file of version 5 or later is shorter.
 const MIN_RDB_BYTES: u64 = 9 + 1 + 8;
@@ -232,7 +232,7 @@ impl RedisSource {
             Ok(done) => done,
             Err(err) => {
                 // A failed save does not move LASTSAVE on old servers: report
-                // the failure rather than a timeout when Redis says so.
+                // the failure rather than a timeout when Redis reports it.
                 if before.saves.is_none()
                     && let Ok(info) = persistence_info(&mut connection).await
                     && field(&info, "rdb_last_bgsave_status") == Some("err")

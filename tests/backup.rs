@@ -109,7 +109,7 @@ fn aof_rewrite_schedules_save() {
     assert_success(&setup.run(&["verify"]), "verify");
 }
 
-/// The PIDs of the server's child processes (the save child).
+/// Returns the PIDs of the server's child processes (the save child).
 fn children_of(pid: u32) -> Vec<i32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {

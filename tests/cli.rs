@@ -13,7 +13,8 @@ fn sessbackup() -> Command {
     command
 }
 
-/// An RDB file saved by a real server, with keys in two databases.
+/// Saves an RDB file with a real server, with keys in two databases, and
+/// returns its path.
 fn saved_rdb(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     let redis = Redis::start(&[])?;
     common::fill_sessions(&redis, 200);

@@ -1,7 +1,7 @@
 //! Checks the RDB walker against a corpus of real RDB files written by others,
 //! with the verdicts `redis-check-rdb` 7.0.15 gave on them.
 //!
-//! The corpus lives outside the repository. Its folder holds `oracle.tsv`, one
+//! The corpus lives outside the repository. Its folder contains `oracle.tsv`, one
 //! row per file: path, kind, RDB version, expected verdict, keys read and keys
 //! with expiry (`?` where 7.0.15 could not read the file, `-` where it does not
 //! apply). Set `SESSBACKUP_FIXTURES` to the folder; by default the test looks

@@ -165,9 +165,9 @@ fn fix_checksum(bytes: &mut [u8]) {
     bytes[end..].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Differences from redis-check-rdb 7.0.15 that are expected: it only knows
-/// RDB versions up to 10, so it rejects the value types and opcodes of later
-/// versions that the walker accepts in any version, as Redis 7.4+ does.
+/// Differences from redis-check-rdb 7.0.15 that are expected: it reads RDB
+/// versions up to 10 only, so it rejects the value types and opcodes of later
+/// versions, which the walker accepts in any version, as Redis 7.4+ does.
 fn known_difference(check_output: &str) -> bool {
     check_output.contains("Invalid object type") || check_output.contains("Can't handle RDB format version")
 }

@@ -1,7 +1,7 @@
 //! Structure checks for the compact encodings Redis stores as single strings:
 //! listpack, ziplist, intset and zipmap.
 //!
-//! Each check reads the encoding front to back through a `ValueReader` and
+//! Each check reads the encoding front to back through a `ValueReader`. It
 //! accepts exactly what Redis's deep integrity validation accepts
 //! (`lpValidateIntegrity`, `ziplistValidateIntegrity`, `intsetValidateIntegrity`
 //! and `zipmapValidateIntegrity` in Redis 7.0): every length and offset inside
@@ -41,7 +41,7 @@ impl From<super::Error> for CompactError {
 
 pub(crate) type CompactResult<T> = Result<T, CompactError>;
 
-/// What to do with the content of a string entry.
+/// Handling of a string entry's content.
 #[derive(Clone, Copy)]
 pub(crate) enum Want<'k> {
     Skip,
@@ -59,7 +59,7 @@ pub(crate) enum Element {
 }
 
 impl Element {
-    /// The element's value as Redis's `lpGetIntegerIfValid` sees it: integers
+    /// Returns the element's value as Redis's `lpGetIntegerIfValid` reads it: integers
     /// as they are, strings only if they are a canonical 64-bit integer.
     pub(crate) fn as_integer(&self) -> Option<i64> {
         match self {
@@ -599,7 +599,8 @@ pub(crate) fn check_zipmap<R: Read>(
         let value_len = read_zipmap_len(reader, value_first, value_start, last)?;
         let free = reader.read_u8()? as u32;
         // Redis adds the value length and the free-space byte in 32 bits, so a
-        // length near 4 GiB wraps around; mirror that to accept the same files.
+        // length near 4 GiB wraps around. The walker does the same, so that it
+        // accepts the same files.
         let skip = (value_len as u32).wrapping_add(free) as u64;
         if reader.pos() + skip > last {
             return Err(CompactError::new(value_start, "zipmap value runs past the end of the zipmap"));
@@ -613,7 +614,7 @@ pub(crate) fn check_zipmap<R: Read>(
         }
     }
     // Redis stops at the first end byte and only requires the last byte of the
-    // string to be an end byte too; anything between is never read.
+    // string to be an end byte too. It never reads the bytes in between.
     let left = size - reader.pos();
     reader.skip(left)?;
     if reader.tail_byte(0) != ZIPMAP_END {

@@ -1,9 +1,9 @@
 //! Duplicate detection for set members, hash fields and sorted-set members.
 //!
-//! Redis refuses a collection that names the same member twice. Checking that
+//! Redis rejects a collection that names the same member twice. Checking that
 //! needs a memory of every member seen, so members are reduced to 128-bit keyed
-//! fingerprints (two SipHash-1-3 hashes with random keys), and a collection with
-//! more than `MAX_TRACKED` members stops being checked: memory stays bounded
+//! fingerprints (two SipHash-1-3 hashes with random keys). A collection with
+//! more than `MAX_TRACKED` members stops being checked, so memory stays bounded
 //! whatever the collection size. The walker counts such collections.
 
 use std::collections::HashSet;
@@ -51,8 +51,7 @@ impl FingerprintBuilder {
     }
 
     pub(crate) fn finish(mut self) -> Fingerprint {
-        // The length ends the message, so "ab" + "c" and "a" + "bc" in two
-        // different members cannot collide by construction.
+        // The length ends the message, as `Hash for [u8]` does.
         self.first.write_u64(self.len);
         self.second.write_u64(self.len);
         (self.first.finish(), self.second.finish())

@@ -5,7 +5,7 @@
 //! reference) plus one output chunk, so a string of any size decodes in bounded
 //! memory.
 
-/// Longest distance an LZF back reference can reach: `(31 << 8) + 255 + 1`.
+/// Maximum distance of an LZF back reference: `(31 << 8) + 255 + 1`.
 const WINDOW: usize = 8192;
 /// Output produced per refill before the consumer must take it.
 const CHUNK: usize = 64 * 1024;
@@ -93,7 +93,7 @@ impl LzfDecoder {
         self.handed += count;
     }
 
-    /// Whether the decoder stopped in the middle of an instruction.
+    /// Returns whether the decoder stopped in the middle of an instruction.
     pub(crate) fn mid_instruction(&self) -> bool {
         !matches!(self.pending, Pending::None)
     }
@@ -111,8 +111,9 @@ impl LzfDecoder {
 
     /// Decodes from `input` (compressed bytes, possibly a partial view) until
     /// about one chunk of output is ready. Returns how many input bytes it used.
-    /// `input_is_last` says whether `input` holds all remaining compressed bytes,
-    /// which decides whether a split instruction is an error or a wait.
+    /// `input_is_last` is true when `input` contains all remaining compressed
+    /// bytes. Then an instruction cut off at the end of `input` is an error;
+    /// otherwise the decoder waits for more input.
     pub(crate) fn decode(&mut self, input: &[u8], input_is_last: bool) -> Result<usize, LzfError> {
         self.make_room();
         let mut ip = 0;

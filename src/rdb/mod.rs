@@ -5,10 +5,11 @@
 //! needs lengths, not values, so it skips value bytes after checking what Redis
 //! checks about them. It accepts RDB versions 1 to 13 (`REDIS0001` to
 //! `REDIS0013`) and Valkey's `VALKEY` magic. Its verdicts follow
-//! `redis-check-rdb`, which loads every value with deep sanitisation: the walker
-//! checks every opcode and length, decompresses LZF strings, and checks the
-//! inside of ziplists, listpacks, intsets, zipmaps and stream listpacks,
-//! duplicate members of sets, hashes and sorted sets, and the CRC-64 trailer.
+//! `redis-check-rdb`, which loads every value with deep sanitisation. The
+//! walker checks every opcode and length and decompresses LZF strings. It
+//! checks the inside of ziplists, listpacks, intsets, zipmaps and stream
+//! listpacks, duplicate members of sets, hashes and sorted sets, and the
+//! CRC-64 trailer.
 //!
 //! It deliberately does not look for the same key twice in one database:
 //! `redis-check-rdb` does not either, and it would need memory per key. A
@@ -70,7 +71,7 @@ pub struct DbCounts {
     pub expires: u64,
 }
 
-/// What a walk learned about a file. After a failed walk, the counts cover the
+/// Findings of a walk over a file. After a failed walk, the counts cover the
 /// keys read before the error.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Summary {
@@ -124,7 +125,7 @@ impl Summary {
     }
 }
 
-/// Why the file was rejected or could not be read.
+/// Kind of failure: an invalid file, or a failed read.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum ErrorKind {
     /// The bytes do not form a valid RDB file.
@@ -512,16 +513,15 @@ impl<R: Read> Walker<R> {
                 ),
             ));
         }
-        self.skip_module_value(module_id)?;
+        self.skip_module_value()?;
         self.summary.module_aux += 1;
         Ok(())
     }
 
     /// Walks a module value's opcodes to its end marker, as `redis-check-rdb`
-    /// does for modules it has not loaded. Unknown opcodes carry no payload.
-    pub(crate) fn skip_module_value(&mut self, module_id: u64) -> Result<(), Error> {
+    /// does for modules it has not loaded.
+    pub(crate) fn skip_module_value(&mut self) -> Result<(), Error> {
         loop {
-            let offset = self.input.offset();
             let opcode = self.read_len("a module value opcode")?;
             match opcode {
                 MODULE_OPCODE_EOF => return Ok(()),
@@ -537,11 +537,10 @@ impl<R: Read> Walker<R> {
                 MODULE_OPCODE_DOUBLE => {
                     self.input.read_array::<8>("a module double")?;
                 }
-                _ => {
-                    // redis-check-rdb 7.0 reads the next opcode after an unknown
-                    // one; a runaway value then ends at the end of the file.
-                    let _ = (offset, module_id);
-                }
+                // redis-check-rdb 7.0 reads the next opcode after an unknown
+                // one, so an unknown opcode carries no payload. A runaway
+                // value ends at the end of the file with an error.
+                _ => {}
             }
         }
     }
@@ -555,7 +554,7 @@ impl<R: Read> Walker<R> {
         }
         for _ in 0..classes {
             self.input.read_array::<4>("a key metadata class spec")?;
-            self.skip_module_value(0)?;
+            self.skip_module_value()?;
         }
         Ok(())
     }

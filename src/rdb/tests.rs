@@ -73,7 +73,7 @@ fn push_string(out: &mut Vec<u8>, text: &[u8]) {
     out.extend_from_slice(text);
 }
 
-/// A listpack holding the given strings (all encoded as strings).
+/// Builds a listpack of the given strings, all encoded as strings.
 fn listpack(items: &[&[u8]]) -> Vec<u8> {
     let mut body = Vec::new();
     for item in items {
@@ -106,7 +106,7 @@ fn push_backlen(out: &mut Vec<u8>, len: u64) {
     }
 }
 
-/// A ziplist of small strings.
+/// Builds a ziplist of small strings.
 fn ziplist(items: &[&[u8]]) -> Vec<u8> {
     let mut body = Vec::new();
     let mut previous = 0usize;
@@ -374,7 +374,7 @@ fn zset_nan_score_is_rejected() {
 }
 
 #[test]
-fn text_score_that_is_not_a_number_is_rejected() {
+fn non_numeric_text_score_rejected() {
     let file = Rdb::new(6).raw(&[3]).string(b"z").len(1).string(b"m").raw(&[3]).raw(b"abc").finish();
     assert!(error_message(&file).contains("is not a number"));
 }
@@ -472,8 +472,8 @@ fn valkey_hash_with_field_expiry() {
     assert!(error_message(&bad).contains("expire time -2"));
 }
 
-/// A one-entry stream node listpack with master fields ["f"] and one entry
-/// using them, built with integer entries.
+/// Builds a stream node listpack with master fields ["f"] and one entry that
+/// uses them, with integer-encoded counts.
 fn stream_node() -> Vec<u8> {
     let mut body = Vec::new();
     let ints: [i64; 10] = [1, 0, 1, 0, 0, 0, 0, 0, 0, 0];

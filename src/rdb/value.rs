@@ -11,7 +11,7 @@ use super::Error;
 use super::input::Input;
 use super::lzf::LzfDecoder;
 
-/// How an RDB string is stored, as read from its length prefix.
+/// Storage form of an RDB string, read from its length prefix.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum StringHeader {
     /// An integer stored in 1, 2 or 4 bytes; its content is the decimal text.
@@ -80,7 +80,7 @@ impl<'a, R: Read> ValueReader<'a, R> {
         self.pos
     }
 
-    /// The byte handed out `back` positions before the most recent one
+    /// Returns the byte handed out `back` positions before the most recent one
     /// (`back == 0` is the most recent). Valid for `back < 8` and `back < pos`.
     pub(crate) fn tail_byte(&self, back: usize) -> u8 {
         debug_assert!(back < 8);

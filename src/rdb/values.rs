@@ -88,7 +88,7 @@ impl ValueType {
         })
     }
 
-    /// The encoding's name, for messages.
+    /// Returns the encoding's name, for messages.
     pub(crate) fn name(self) -> &'static str {
         use ValueType::*;
         match self {
@@ -122,7 +122,7 @@ impl ValueType {
         }
     }
 
-    /// The Redis data type (`TYPE` command name).
+    /// Returns the Redis data type, as the `TYPE` command names it.
     pub(crate) fn type_name(self) -> &'static str {
         use ValueType::*;
         match self {
@@ -138,7 +138,7 @@ impl ValueType {
     }
 }
 
-/// What a value check found besides validity.
+/// Findings of a value check besides its verdict.
 pub(crate) struct Checked {
     /// False when a collection was too large for the duplicate check.
     pub(crate) dedup_complete: bool,
@@ -147,7 +147,7 @@ pub(crate) struct Checked {
 const COMPLETE: Checked = Checked { dedup_complete: true };
 
 fn empty_key(offset: u64) -> Error {
-    Error::at(offset, "empty collection (Redis refuses keys with no elements)")
+    Error::at(offset, "empty collection (Redis rejects keys with no elements)")
 }
 
 /// Turns a structure-check failure into a walker error at the string's offset.
@@ -187,8 +187,8 @@ pub(crate) fn check_value<R: Read>(walker: &mut Walker<R>, kind: ValueType) -> R
             "module value in the pre-release format (type 6) cannot be checked; Redis refuses it too",
         )),
         Module2 => {
-            let module_id = walker.read_len("a module id")?;
-            walker.skip_module_value(module_id)?;
+            walker.read_len("a module id")?;
+            walker.skip_module_value()?;
             Ok(COMPLETE)
         }
         HashZipmap => {

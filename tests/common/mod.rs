@@ -23,7 +23,7 @@ pub fn wait_for(timeout: Duration, what: &str, mut condition: impl FnMut() -> bo
     }
 }
 
-/// Whether the server binaries exist; prints a skip message when not.
+/// Returns whether redis-server exists; prints a skip message when not.
 pub fn redis_available() -> bool {
     let found = Command::new("redis-server").arg("--version").output().is_ok_and(|out| out.status.success());
     if !found {
