@@ -604,3 +604,40 @@ fn module_names_decode_like_redis() {
     }
     assert_eq!(module_type_name(id << 10), "ABCDEFGHI");
 }
+
+/// A small deterministic generator (xorshift64*), so a failing input can be rebuilt.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+}
+
+#[test]
+fn random_input_never_panics() {
+    let mut rng = Rng(0x0123_4567_89ab_cdef);
+    let valid = session_file();
+    let prefixes: [&[u8]; 4] = [b"REDIS0010", b"REDIS0013", b"VALKEY080", b"REDIS0003"];
+    for iteration in 0..20_000 {
+        let mut bytes = prefixes[iteration % prefixes.len()].to_vec();
+        let len = (rng.next() % 300) as usize;
+        if iteration % 3 == 0 {
+            // Start like a real file, then continue with noise.
+            bytes = valid[..(9 + (rng.next() as usize) % (valid.len() - 9))].to_vec();
+        }
+        for _ in 0..len {
+            let byte = rng.next() as u8;
+            // Bias towards opcodes, type bytes and length prefixes.
+            bytes.push(match rng.next() % 4 {
+                0 => [0x00, 0x01, 0x0e, 0x10, 0x12, 0x15, 0x40, 0x80, 0xc3, 0xfe, 0xff][byte as usize % 11],
+                _ => byte,
+            });
+        }
+        let result = std::panic::catch_unwind(|| walk_bytes(&bytes));
+        assert!(result.is_ok(), "walker panicked on iteration {iteration}: {bytes:02x?}");
+    }
+}
