@@ -30,7 +30,7 @@ use crate::config::Job;
 use crate::manifest::{self, Manifest};
 use crate::rdb;
 use crate::source::{self, RedisSource};
-use crate::target::{self, Chunk, Target};
+use crate::target::{self, Chunk, ObjectName, Target};
 
 /// Size of the chunks read from the RDB file and sent to targets.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
@@ -131,15 +131,7 @@ async fn run(
     );
 
     let artifact = manifest::artifact_name(&job.name, &id).expect("job names are valid object name parts");
-    let mut uploads = Vec::new();
-    let mut senders = Vec::new();
-    for target in targets {
-        let (sender, receiver) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
-        let target = Arc::clone(target);
-        let name = artifact.clone();
-        uploads.push(tokio::spawn(async move { target.put_stream(&name, receiver).await }));
-        senders.push(Some(sender));
-    }
+    let (uploads, senders) = start_uploads(targets, &artifact);
 
     let level = job.compression_level;
     let snapshot_path = snapshot.path.display().to_string();
@@ -156,7 +148,7 @@ async fn run(
     let streamed = tokio::task::spawn_blocking(move || stream_rdb(file, size, level, senders))
         .await
         .expect("streaming thread panicked");
-    let (pass, senders) = match streamed {
+    let (pass, walked, senders) = match streamed {
         Ok(result) => result,
         Err(err) => {
             abandon(uploads).await;
@@ -166,53 +158,32 @@ async fn run(
             });
         }
     };
-
-    let summary = match pass.summary {
+    let summary = match judge(walked, pass.rdb_bytes, size, &snapshot_path, requested_at_server) {
         Ok(summary) => summary,
-        Err(failure) => {
+        Err(err) => {
             drop(senders);
             abandon(uploads).await;
-            return Err(Error::Invalid(failure.error));
+            return Err(err);
         }
     };
-    let rejection = if pass.rdb_bytes != size {
-        Some(Error::Changed { path: snapshot_path.clone(), expected: size, read: pass.rdb_bytes })
-    } else {
-        freshness_error(&summary, &snapshot_path, requested_at_server)
-    };
-    if let Some(err) = rejection {
-        drop(senders);
-        abandon(uploads).await;
-        return Err(err);
-    }
-    if summary.aux_field("ctime").is_none() {
-        tracing::warn!("the RDB file has no ctime field; freshness rests on the save counter alone");
-    }
-    if summary.trailing_bytes > 0 {
-        tracing::warn!(bytes = summary.trailing_bytes, "the RDB file has bytes after its checksum; Redis ignores them");
-    }
-    if let Some(rdb::Checksum::Disabled) = summary.checksum {
-        tracing::warn!("the RDB file was saved with rdbchecksum no: its content has no CRC-64 to check");
-    }
 
     // Everything checked: let each target publish the artifact.
     for sender in senders.into_iter().flatten() {
         let _ = sender.send(Chunk::End { bytes: pass.artifact_bytes }).await;
     }
-    let mut outcomes = Vec::new();
+    let mut stored = Vec::new();
     for (target, upload) in targets.iter().zip(uploads) {
         let result = upload.await.expect("upload task panicked");
-        outcomes.push((Arc::clone(target), result));
+        stored.push((Arc::clone(target), result));
     }
 
-    let finished_at = OffsetDateTime::now_utc();
     let manifest = Manifest {
         format: manifest::FORMAT.to_string(),
         version: manifest::VERSION,
         id: id.clone(),
         job: job.name.clone(),
         created_at: manifest::rfc3339(requested_at),
-        finished_at: manifest::rfc3339(finished_at),
+        finished_at: manifest::rfc3339(OffsetDateTime::now_utc()),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         redis: manifest::RedisInfo {
             url: source.display_url().to_string(),
@@ -228,59 +199,10 @@ async fn run(
             compression: manifest::Compression { algorithm: "zstd".to_string(), level },
         },
     };
-    let manifest_name = manifest::manifest_name(&job.name, &id).expect("job names are valid object name parts");
-    let manifest_json = Bytes::from(manifest.to_json());
-
-    let mut reports = Vec::new();
-    for (target, result) in outcomes {
-        let outcome = match result {
-            Ok(stored) if stored == pass.artifact_bytes => {
-                match target.put_bytes(&manifest_name, manifest_json.clone()).await {
-                    Ok(()) => TargetOutcome { target: target.name().to_string(), published: true, error: None },
-                    Err(err) => {
-                        // Without its manifest the artifact is invisible; remove it too.
-                        let _ = target.delete(&artifact).await;
-                        TargetOutcome {
-                            target: target.name().to_string(),
-                            published: false,
-                            error: Some(err.to_string()),
-                        }
-                    }
-                }
-            }
-            Ok(stored) => TargetOutcome {
-                target: target.name().to_string(),
-                published: false,
-                error: Some(format!("stored {stored} bytes, expected {}", pass.artifact_bytes)),
-            },
-            Err(err) => {
-                TargetOutcome { target: target.name().to_string(), published: false, error: Some(err.to_string()) }
-            }
-        };
-        match &outcome.error {
-            None => tracing::info!(target = %outcome.target, "backup published"),
-            Some(error) => {
-                tracing::error!(target = %outcome.target, error = %error, "target failed; this target has no new backup")
-            }
-        }
-        reports.push(outcome);
-    }
+    let reports = publish_manifests(&manifest, &artifact, stored).await;
 
     let duration = started.elapsed();
-    let ratio = if pass.artifact_bytes > 0 { pass.rdb_bytes as f64 / pass.artifact_bytes as f64 } else { 0.0 };
-    let mib_per_sec = pass.rdb_bytes as f64 / (1024.0 * 1024.0) / pass.duration.as_secs_f64().max(1e-9);
-    tracing::info!(
-        rdb_bytes = pass.rdb_bytes,
-        artifact_bytes = pass.artifact_bytes,
-        ratio = format!("{ratio:.2}"),
-        throughput_mib_s = format!("{mib_per_sec:.1}"),
-        keys = summary.keys(),
-        duration_ms = duration.as_millis() as u64,
-        published = reports.iter().filter(|outcome| outcome.published).count(),
-        failed = reports.iter().filter(|outcome| !outcome.published).count(),
-        "backup finished"
-    );
-
+    log_finished(&pass, &summary, duration, &reports);
     if !reports.iter().any(|outcome| outcome.published) {
         let reasons: Vec<String> = reports
             .iter()
@@ -301,6 +223,99 @@ async fn run(
     })
 }
 
+type Upload = tokio::task::JoinHandle<target::Result<u64>>;
+
+/// Starts one upload of the artifact per target, each fed by its own bounded channel.
+fn start_uploads(targets: &[Arc<dyn Target>], artifact: &ObjectName) -> (Vec<Upload>, Senders) {
+    let mut uploads = Vec::new();
+    let mut senders = Vec::new();
+    for target in targets {
+        let (sender, receiver) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
+        let target = Arc::clone(target);
+        let name = artifact.clone();
+        uploads.push(tokio::spawn(async move { target.put_stream(&name, receiver).await }));
+        senders.push(Some(sender));
+    }
+    (uploads, senders)
+}
+
+/// Decides whether the streamed RDB may be published: the walker accepted
+/// it, the whole file was read, and it is the snapshot this run asked for.
+fn judge(walked: Walked, read: u64, size: u64, path: &str, requested_at_server: i64) -> Result<rdb::Summary, Error> {
+    let summary = walked.map_err(|failure| Error::Invalid(failure.error))?;
+    if read != size {
+        return Err(Error::Changed { path: path.to_string(), expected: size, read });
+    }
+    if let Some(err) = freshness_error(&summary, path, requested_at_server) {
+        return Err(err);
+    }
+    if summary.aux_field("ctime").is_none() {
+        tracing::warn!("the RDB file has no ctime field; freshness rests on the save counter alone");
+    }
+    if summary.trailing_bytes > 0 {
+        tracing::warn!(bytes = summary.trailing_bytes, "the RDB file has bytes after its checksum; Redis ignores them");
+    }
+    if let Some(rdb::Checksum::Disabled) = summary.checksum {
+        tracing::warn!("the RDB file was saved with rdbchecksum no: its content has no CRC-64 to check");
+    }
+    Ok(summary)
+}
+
+/// Writes the manifest on every target that stored the artifact, and
+/// reports the outcome per target. A target whose manifest cannot be written
+/// loses the artifact too, so it keeps no invisible leftovers.
+async fn publish_manifests(
+    manifest: &Manifest,
+    artifact: &ObjectName,
+    stored: Vec<(Arc<dyn Target>, target::Result<u64>)>,
+) -> Vec<TargetOutcome> {
+    let manifest_name =
+        manifest::manifest_name(&manifest.job, &manifest.id).expect("job names are valid object name parts");
+    let manifest_json = Bytes::from(manifest.to_json());
+    let mut reports = Vec::new();
+    for (target, result) in stored {
+        let error = match result {
+            Ok(bytes) if bytes == manifest.artifact.bytes => {
+                match target.put_bytes(&manifest_name, manifest_json.clone()).await {
+                    Ok(()) => None,
+                    Err(err) => {
+                        if let Err(cleanup) = target.delete(artifact).await {
+                            tracing::warn!(target = %target.name(), error = %cleanup, "could not remove the artifact of a backup without manifest");
+                        }
+                        Some(err.to_string())
+                    }
+                }
+            }
+            Ok(bytes) => Some(format!("stored {bytes} bytes, expected {}", manifest.artifact.bytes)),
+            Err(err) => Some(err.to_string()),
+        };
+        match &error {
+            None => tracing::info!(target = %target.name(), "backup published"),
+            Some(error) => {
+                tracing::error!(target = %target.name(), error = %error, "target failed; this target has no new backup")
+            }
+        }
+        reports.push(TargetOutcome { target: target.name().to_string(), published: error.is_none(), error });
+    }
+    reports
+}
+
+fn log_finished(pass: &Pass, summary: &rdb::Summary, duration: Duration, reports: &[TargetOutcome]) {
+    let ratio = if pass.artifact_bytes > 0 { pass.rdb_bytes as f64 / pass.artifact_bytes as f64 } else { 0.0 };
+    let mib_per_sec = pass.rdb_bytes as f64 / (1024.0 * 1024.0) / pass.duration.as_secs_f64().max(1e-9);
+    tracing::info!(
+        rdb_bytes = pass.rdb_bytes,
+        artifact_bytes = pass.artifact_bytes,
+        ratio = format!("{ratio:.2}"),
+        throughput_mib_s = format!("{mib_per_sec:.1}"),
+        keys = summary.keys(),
+        duration_ms = duration.as_millis() as u64,
+        published = reports.iter().filter(|outcome| outcome.published).count(),
+        failed = reports.iter().filter(|outcome| !outcome.published).count(),
+        "backup finished"
+    );
+}
+
 fn freshness_error(summary: &rdb::Summary, path: &str, requested: i64) -> Option<Error> {
     let ctime = summary.aux_field("ctime")?.parse::<i64>().ok()?;
     (ctime < requested).then(|| Error::NotFresh { path: path.to_string(), ctime, requested })
@@ -308,7 +323,7 @@ fn freshness_error(summary: &rdb::Summary, path: &str, requested: i64) -> Option
 
 /// Lets every upload see the channel close without an end marker, so it
 /// removes what it staged, and waits for them.
-async fn abandon(uploads: Vec<tokio::task::JoinHandle<target::Result<u64>>>) {
+async fn abandon(uploads: Vec<Upload>) {
     for upload in uploads {
         let _ = upload.await;
     }
@@ -320,9 +335,11 @@ pub struct Pass {
     pub rdb_sha256: String,
     pub artifact_bytes: u64,
     pub artifact_sha256: String,
-    pub summary: Result<rdb::Summary, rdb::Failure>,
     pub duration: Duration,
 }
+
+/// The walker's verdict on the RDB.
+type Walked = Result<rdb::Summary, rdb::Failure>;
 
 /// Per-target senders of a run; `None` once that target stopped receiving.
 type Senders = Vec<Option<mpsc::Sender<Chunk>>>;
@@ -340,7 +357,7 @@ fn stream_rdb(
     size: u64,
     level: i32,
     senders: Senders,
-) -> Result<(Pass, Senders), StreamError> {
+) -> Result<(Pass, Walked, Senders), StreamError> {
     let started = Instant::now();
     let (walk_sender, walk_receiver) = std_mpsc::sync_channel::<Bytes>(CHANNEL_CHUNKS);
     let walker = std::thread::Builder::new()
@@ -391,10 +408,9 @@ fn stream_rdb(
         rdb_sha256: hex::encode(rdb_hash.finalize()),
         artifact_bytes,
         artifact_sha256,
-        summary,
         duration: started.elapsed(),
     };
-    Ok((pass, senders))
+    Ok((pass, summary, senders))
 }
 
 fn configure_encoder<W: Write>(encoder: &mut zstd::stream::write::Encoder<'static, W>, size: u64) -> io::Result<()> {
