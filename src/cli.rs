@@ -31,9 +31,9 @@ pub struct Cli {
     #[arg(long, global = true, env = "SESSBACKUP_CONFIG", default_value = config::DEFAULT_PATH, value_name = "PATH")]
     pub config: PathBuf,
 
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
-    pub log_level: String,
+    /// Log level; RUST_LOG overrides it.
+    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Info, value_name = "LEVEL")]
+    pub log_level: LogLevel,
 
     /// Log line format on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -41,6 +41,30 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogLevel {
+    Off,
+    Error,
+    #[value(alias = "warning")]
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Off => "off",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -136,7 +160,7 @@ pub fn main() -> ExitCode {
 
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(cli.log_level.directive()));
     // Colour only for a person at a terminal; journald and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
@@ -178,10 +202,15 @@ async fn run(cli: Cli) -> u8 {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            EXIT_FAILURE
+            if err.downcast_ref::<UsageError>().is_some() { EXIT_USAGE } else { EXIT_FAILURE }
         }
     }
 }
+
+/// A command-line argument names something the configuration does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
 
 /// Builds the target named `name`.
 pub fn build_target(config: &Config, name: &str) -> anyhow::Result<Arc<dyn Target>> {
@@ -252,12 +281,17 @@ fn print_run(report: &pipeline::RunReport) {
 
 fn unknown_job(config: &Config, name: &str) -> anyhow::Error {
     let known: Vec<&str> = config.jobs.iter().map(|job| job.name.as_str()).collect();
-    anyhow!("job {name:?} is not defined; jobs in the configuration: {}", known.join(", "))
+    UsageError(format!("job {name:?} is not defined; jobs in the configuration: {}", known.join(", "))).into()
 }
 
 /// Targets to search: the named one, else the job's targets in order, else all.
 fn candidate_targets(config: &Config, job: Option<&str>, target: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Target>>> {
     if let Some(name) = target {
+        if config.target(name).is_none() {
+            let known: Vec<&str> = config.targets.iter().map(|target| target.name.as_str()).collect();
+            let message = format!("target {name:?} is not defined; targets in the configuration: {}", known.join(", "));
+            return Err(UsageError(message).into());
+        }
         return Ok(vec![build_target(config, name)?]);
     }
     let names: Vec<String> = match job.and_then(|name| config.job(name)) {
@@ -269,24 +303,39 @@ fn candidate_targets(config: &Config, job: Option<&str>, target: Option<&str>) -
 
 async fn list(config: &Config, job: Option<&str>, target: Option<&str>, json: bool) -> anyhow::Result<u8> {
     let mut rows = Vec::new();
+    let mut searched = Vec::new();
+    let mut unreadable = 0;
     for target in candidate_targets(config, job, target)? {
         let (backups, warnings) = restore::list_backups(&target, job)
             .await
             .with_context(|| format!("list backups on target {}", target.name()))?;
-        for warning in warnings {
-            tracing::warn!("{warning}");
+        for warning in &warnings {
+            eprintln!("warning: {warning}");
         }
+        unreadable += warnings.len();
+        searched.push(target.to_string());
         rows.extend(backups);
     }
     rows.sort_by(|a, b| b.manifest.id.cmp(&a.manifest.id).then_with(|| a.target.name().cmp(b.target.name())));
+    // A manifest that cannot be read hides a backup: say so in the exit code.
+    let code = if unreadable > 0 {
+        eprintln!("error: {unreadable} manifest(s) could not be read; the backups they describe are not listed");
+        EXIT_FAILURE
+    } else {
+        0
+    };
     if json {
         let values: Vec<serde_json::Value> = rows.iter().map(list_entry).collect();
         println!("{}", serde_json::to_string_pretty(&values).expect("JSON values serialize"));
-        return Ok(0);
+        return Ok(code);
     }
     if rows.is_empty() {
-        println!("no backups found");
-        return Ok(0);
+        println!(
+            "no backups found{} on {}",
+            job.map(|job| format!(" of job {job}")).unwrap_or_default(),
+            searched.join(", ")
+        );
+        return Ok(code);
     }
     println!(
         "{:<28} {:<16} {:<12} {:<20} {:>10} {:>10} {:>10}",
@@ -305,7 +354,7 @@ async fn list(config: &Config, job: Option<&str>, target: Option<&str>, json: bo
             manifest.rdb.keys
         );
     }
-    Ok(0)
+    Ok(code)
 }
 
 fn list_entry(backup: &Backup) -> serde_json::Value {
@@ -425,6 +474,14 @@ async fn restore(
     to: &Path,
     force: bool,
 ) -> anyhow::Result<u8> {
+    // Checked before anything is downloaded, and again when the file is placed.
+    if to.is_dir() {
+        bail!(
+            "{} is a directory; give the path of the file to write, for example {}",
+            to.display(),
+            to.join("dump.rdb").display()
+        );
+    }
     if !force && to.symlink_metadata().is_ok() {
         bail!("{} exists; pass --force to replace it", to.display());
     }
@@ -537,7 +594,7 @@ fn inspect(path: &Path, json: bool) -> u8 {
 }
 
 async fn check(path: &Path, probe: bool) -> u8 {
-    let config = match config::load(path) {
+    let config = match config::load_checked(path) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("{err}");
@@ -546,14 +603,6 @@ async fn check(path: &Path, probe: bool) -> u8 {
     };
     for warning in &config.warnings {
         println!("warning: {warning}");
-    }
-    let problems = config.check_environment();
-    if !problems.is_empty() {
-        eprintln!("invalid configuration {} ({} problems)", path.display(), problems.len());
-        for problem in &problems {
-            eprintln!("  {problem}");
-        }
-        return EXIT_CONFIG;
     }
     let mut failed = false;
     if probe {

@@ -97,6 +97,9 @@ impl PasswordSource {
     pub fn resolve(&self) -> Result<Secret, String> {
         match self {
             PasswordSource::Env(name) => match std::env::var(name) {
+                Ok(value) if value.is_empty() => {
+                    Err(format!("environment variable {name} (password_env) is set but empty; export the password"))
+                }
                 Ok(value) => Ok(Secret::new(value)),
                 Err(std::env::VarError::NotPresent) => Err(format!(
                     "environment variable {name} (password_env) is not set; export it or use password_file"
@@ -132,37 +135,6 @@ impl Config {
 
     pub fn target(&self, name: &str) -> Option<&Target> {
         self.targets.iter().find(|target| target.name == name)
-    }
-
-    /// Checks what only the running host can tell: password variables and
-    /// files, and target folders. Returns one message per problem.
-    pub fn check_environment(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        for job in &self.jobs {
-            if let Some(source) = &job.redis.password
-                && let Err(message) = source.resolve()
-            {
-                problems.push(format!("job {:?}: {message}", job.name));
-            }
-            if let Some(path) = &job.redis.tls_ca_file
-                && let Err(err) = std::fs::metadata(path)
-            {
-                problems.push(format!("job {:?}: cannot read tls_ca_file {}: {err}", job.name, path.display()));
-            }
-        }
-        for target in &self.targets {
-            match &target.kind {
-                TargetKind::Local { path } => {
-                    let existing = path.ancestors().find(|dir| dir.exists());
-                    if let Some(dir) = existing
-                        && !dir.is_dir()
-                    {
-                        problems.push(format!("target {:?}: {} is not a directory", target.name, dir.display()));
-                    }
-                }
-            }
-        }
-        problems
     }
 }
 
@@ -203,6 +175,17 @@ impl std::error::Error for Error {}
 
 /// Reads and validates the file at `path`.
 pub fn load(path: &Path) -> Result<Config, Error> {
+    read_and_parse(path, false)
+}
+
+/// Reads and validates the file at `path` like [`load`], and also checks what
+/// only this host can tell: password variables and files, the TLS CA file and
+/// the target folders. Problems of both kinds are reported together.
+pub fn load_checked(path: &Path) -> Result<Config, Error> {
+    read_and_parse(path, true)
+}
+
+fn read_and_parse(path: &Path, check_environment: bool) -> Result<Config, Error> {
     let text = std::fs::read_to_string(path).map_err(|err| Error {
         path: path.to_path_buf(),
         problems: vec![Problem {
@@ -216,12 +199,16 @@ pub fn load(path: &Path) -> Result<Config, Error> {
             },
         }],
     })?;
-    parse(&text).map_err(|problems| Error { path: path.to_path_buf(), problems })
+    parse_with(&text, check_environment).map_err(|problems| Error { path: path.to_path_buf(), problems })
 }
 
 /// Validates configuration text; returns every problem found.
 pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-    let mut problems = Problems { text, list: Vec::new() };
+    parse_with(text, false)
+}
+
+fn parse_with(text: &str, check_environment: bool) -> Result<Config, Vec<Problem>> {
+    let mut problems = Problems { text, list: Vec::new(), check_environment };
     let document = match DeTable::parse(text) {
         Ok(document) => document,
         Err(err) => {
@@ -331,16 +318,26 @@ fn parse_job(
             None
         }
         (Some((name, span)), None) => {
+            let source = PasswordSource::Env(name.clone());
             if name.is_empty() {
                 problems.add(span.clone(), format!("{context}: password_env is empty; name an environment variable"));
+            } else if problems.check_environment
+                && let Err(message) = source.resolve()
+            {
+                problems.add(span.clone(), format!("{context}: {message}"));
             }
-            Some(PasswordSource::Env(name.clone()))
+            Some(source)
         }
         (None, Some((path, span))) => {
+            let source = PasswordSource::File(PathBuf::from(path));
             if !Path::new(path).is_absolute() {
                 problems.add(span.clone(), format!("{context}: password_file {path:?} must be an absolute path"));
+            } else if problems.check_environment
+                && let Err(message) = source.resolve()
+            {
+                problems.add(span.clone(), format!("{context}: {message}"));
             }
-            Some(PasswordSource::File(PathBuf::from(path)))
+            Some(source)
         }
         (None, None) => None,
     };
@@ -403,6 +400,10 @@ fn parse_job(
     let tls_ca_file = tls_ca_file.map(|(path, span)| {
         if !Path::new(&path).is_absolute() {
             problems.add(span, format!("{context}: tls_ca_file {path:?} must be an absolute path"));
+        } else if problems.check_environment
+            && let Err(err) = std::fs::read(&path)
+        {
+            problems.add(span, format!("{context}: cannot read tls_ca_file {path:?}: {err}"));
         }
         PathBuf::from(path)
     });
@@ -486,6 +487,11 @@ fn parse_target(
                     }
                     Some((path, path_span)) => {
                         if Path::new(&path).is_absolute() {
+                            if problems.check_environment
+                                && let Err(message) = check_target_dir(Path::new(&path))
+                            {
+                                problems.add(path_span, format!("{context}: {message}"));
+                            }
                             Some(TargetKind::Local { path: PathBuf::from(path) })
                         } else {
                             problems.add(path_span, format!("{context}: path {path:?} must be an absolute path"));
@@ -506,6 +512,29 @@ fn parse_target(
         _ => None,
     };
     (name, target)
+}
+
+/// Checks that `path` is a writable directory, or could be created as one.
+fn check_target_dir(path: &Path) -> Result<(), String> {
+    let Some(existing) = path.ancestors().find(|dir| dir.exists()) else {
+        return Ok(());
+    };
+    if !existing.is_dir() {
+        return Err(format!("path {} cannot be used: {} is not a directory", path.display(), existing.display()));
+    }
+    let c_path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(existing.as_os_str()))
+        .map_err(|_| format!("path {} contains a NUL byte", path.display()))?;
+    // SAFETY: access(2) on a valid NUL-terminated path; it only reads the path.
+    let writable = unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) } == 0;
+    if !writable {
+        let what = if existing == path { "is not writable" } else { "cannot be created" };
+        return Err(format!(
+            "path {} {what}: this user cannot write to {}; fix its permissions or run as its owner",
+            path.display(),
+            existing.display()
+        ));
+    }
+    Ok(())
 }
 
 fn seconds(
@@ -579,6 +608,8 @@ fn is_valid_name(name: &str) -> bool {
 struct Problems<'t> {
     text: &'t str,
     list: Vec<Problem>,
+    /// Also check password sources, the TLS CA file and target folders.
+    check_environment: bool,
 }
 
 impl Problems<'_> {

@@ -35,13 +35,12 @@ const MIN_RDB_BYTES: u64 = 9 + 1 + 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "cannot connect to Redis at {url}: {message}; check that redis-server is running and listening there \
-         (start one with `redis-server --port 6379` or `systemctl start redis-server`)"
-    )]
-    Connect { url: String, message: String },
+    #[error("cannot connect to Redis at {url}: {message}; {hint}")]
+    Connect { url: String, message: String, hint: String },
     #[error("Redis at {url} rejected the credentials: {message}; check username and password_env/password_file")]
     Auth { url: String, message: String },
+    #[error("Redis at {url} requires a password ({message}); set password_env or password_file in the job")]
+    PasswordRequired { url: String, message: String },
     #[error("Redis command {command} failed: {message}")]
     Command { command: String, message: String },
     #[error(
@@ -92,6 +91,9 @@ pub struct ServerInfo {
 pub struct RedisSource {
     client: Client,
     display_url: String,
+    /// How to start a server at this address, for connection errors.
+    hint: String,
+    has_password: bool,
     config_command: String,
     rdb_path: Option<PathBuf>,
     connect_timeout: Duration,
@@ -100,7 +102,12 @@ pub struct RedisSource {
 impl RedisSource {
     pub fn new(settings: &RedisSettings, password: Option<Secret>, rdb_path: Option<PathBuf>) -> Result<Self, Error> {
         let display_url = settings.display_url();
-        let invalid = |err: redis::RedisError| Error::Connect { url: display_url.clone(), message: err.to_string() };
+        let hint = start_hint(settings.url_with_credentials());
+        let invalid = |err: redis::RedisError| Error::Connect {
+            url: display_url.clone(),
+            message: err.to_string(),
+            hint: hint.clone(),
+        };
         let mut info = settings.url_with_credentials().into_connection_info().map_err(invalid)?;
         let mut redis_info = info.redis_settings().clone();
         if let Some(username) = &settings.username {
@@ -115,15 +122,19 @@ impl RedisSource {
                 let pem = std::fs::read(path).map_err(|err| Error::Connect {
                     url: display_url.clone(),
                     message: format!("cannot read tls_ca_file {}: {err}", path.display()),
+                    hint: "check the tls_ca_file path and its permissions".to_string(),
                 })?;
                 Client::build_with_tls(info, redis::TlsCertificates { client_tls: None, root_cert: Some(pem) })
                     .map_err(invalid)?
             }
             None => Client::open(info).map_err(invalid)?,
         };
+        let has_password = password.is_some() || info_has_password(settings.url_with_credentials());
         Ok(RedisSource {
             client,
             display_url,
+            hint,
+            has_password,
             config_command: settings.config_command.clone(),
             rdb_path,
             connect_timeout: settings.connect_timeout,
@@ -154,10 +165,12 @@ impl RedisSource {
             || message.contains("WRONGPASS")
             || message.contains("NOAUTH")
             || message.contains("invalid password");
-        if auth {
+        if message.contains("NOAUTH") && !self.has_password {
+            Error::PasswordRequired { url: self.display_url.clone(), message }
+        } else if auth {
             Error::Auth { url: self.display_url.clone(), message }
         } else {
-            Error::Connect { url: self.display_url.clone(), message }
+            Error::Connect { url: self.display_url.clone(), message, hint: self.hint.clone() }
         }
     }
 
@@ -288,6 +301,34 @@ impl RedisSource {
         let file_name = get("dbfilename").await?;
         Ok(Path::new(&dir).join(file_name))
     }
+}
+
+/// Suggests how to get a server listening at `url`, for connection errors.
+fn start_hint(url: &str) -> String {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return "check redis_url".to_string();
+    };
+    match parsed.scheme() {
+        "unix" | "redis+unix" => format!(
+            "check that redis-server is running with `unixsocket {}` and that this user may open the socket",
+            parsed.path()
+        ),
+        "rediss" => format!(
+            "check that redis-server is running with TLS on port {} (`tls-port` in redis.conf)",
+            parsed.port().unwrap_or(6379)
+        ),
+        _ => {
+            let port = parsed.port().unwrap_or(6379);
+            format!(
+                "check that redis-server is running and listening there (start one with `redis-server --port {port}`, \
+                 or `systemctl start redis-server` for the system service)"
+            )
+        }
+    }
+}
+
+fn info_has_password(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|parsed| parsed.password().is_some())
 }
 
 /// Save progress markers from INFO persistence.

@@ -386,7 +386,7 @@ fn make_certificates(dir: &std::path::Path) -> Option<(String, String, String)> 
         if std::env::var("SESSBACKUP_REQUIRE_SERVERS").as_deref() == Ok("1") {
             panic!("openssl is not installed and SESSBACKUP_REQUIRE_SERVERS=1");
         }
-        eprintln!("SKIPPED: openssl not found");
+        common::say("SKIPPED: openssl not found");
         return None;
     }
     std::fs::write(
@@ -471,4 +471,63 @@ fn unix_socket_url_works() {
     let setup = Setup::new(&format!("unix://{socket}"), "");
     let report = backup_json(&setup);
     assert_eq!(report["keys"].as_u64(), Some(redis.keyspace().iter().map(|(_, keys, _)| keys).sum()));
+}
+
+#[test]
+fn unknown_job_or_target_is_usage_error() {
+    let setup = Setup::new("redis://127.0.0.1:1/", "");
+    let output = setup.run(&["backup", "--job", "nope"]);
+    assert_exit(&output, 2, "backup of an unknown job");
+    assert!(
+        stderr(&output).contains("job \"nope\" is not defined; jobs in the configuration: sessions"),
+        "{}",
+        stderr(&output)
+    );
+    let output = setup.run(&["list", "--target", "nowhere"]);
+    assert_exit(&output, 2, "list of an unknown target");
+    assert!(stderr(&output).contains("targets in the configuration: local"), "{}", stderr(&output));
+}
+
+#[test]
+fn unreadable_manifest_fails_list() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    fill_sessions(&redis, 50);
+    let (setup, artifact) = one_backup(&redis);
+    let manifest = artifact.to_str().unwrap().replace(".rdb.zst", ".manifest.json");
+    std::fs::write(&manifest, b"{ not json").unwrap();
+    let output = setup.run(&["list"]);
+    assert_exit(&output, 1, "list with a damaged manifest");
+    let text = stderr(&output);
+    assert!(text.contains("warning:") && text.contains("not valid JSON"), "{text}");
+    assert!(text.contains("1 manifest(s) could not be read"), "{text}");
+    assert!(stdout(&output).contains("no backups found on local"), "{}", stdout(&output));
+}
+
+#[test]
+fn missing_password_is_named() {
+    let Some(redis) = Redis::start(&["--requirepass", "secret"]) else { return };
+    let setup = Setup::new(&redis.url(), "");
+    let output = setup.run(&["backup"]);
+    assert_exit(&output, 1, "backup without the required password");
+    assert!(stderr(&output).contains("requires a password"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("password_env or password_file"), "{}", stderr(&output));
+}
+
+#[test]
+fn restore_to_directory_names_the_fix() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    fill_sessions(&redis, 50);
+    let (setup, _) = one_backup(&redis);
+    let output = setup.run(&["restore", "--to", setup.home.path().to_str().unwrap()]);
+    assert_exit(&output, 1, "restore onto a directory");
+    assert!(stderr(&output).contains("is a directory; give the path of the file to write"), "{}", stderr(&output));
+}
+
+#[test]
+fn connection_hint_names_configured_port() {
+    let port = common::free_port();
+    let setup = Setup::new(&format!("redis://127.0.0.1:{port}/"), "connect_timeout_secs = 2");
+    let output = setup.run(&["backup"]);
+    assert_exit(&output, 1, "backup without Redis");
+    assert!(stderr(&output).contains(&format!("redis-server --port {port}")), "{}", stderr(&output));
 }

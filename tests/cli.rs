@@ -104,10 +104,87 @@ fn check_reports_all_problems_with_exit_78() {
 
 #[test]
 fn check_accepts_example_file() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
-    let output = sessbackup().args(["--config", example, "check"]).output().unwrap();
+    // The example's target folder may not be writable by the test user, so
+    // point it at a temporary folder and keep everything else.
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml")).unwrap();
+    assert!(example.contains("/var/backups/sessbackup"));
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        example.replace("/var/backups/sessbackup", &dir.path().join("backups").display().to_string()),
+    )
+    .unwrap();
+    let output = sessbackup().args(["--config", config.to_str().unwrap(), "check"]).output().unwrap();
     assert_success(&output, "check of config.example.toml");
     assert!(stdout(&output).contains("is valid"));
+}
+
+#[test]
+fn check_reports_environment_and_file_problems_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[[job]]\nname = \"sessions\"\nredis_url = \"redis://127.0.0.1:6379/\"\npassword_file = \"{}\"\ntargets = [\"local\"]\ncolour = 1\n\n\
+             [[target]]\nname = \"local\"\ntype = \"local\"\npath = \"{}\"\n",
+            dir.path().join("missing-password").display(),
+            blocker.join("backups").display()
+        ),
+    )
+    .unwrap();
+    let output = sessbackup().args(["--config", config.to_str().unwrap(), "check"]).output().unwrap();
+    assert_exit(&output, 78, "check with file and environment problems");
+    let text = stderr(&output);
+    assert!(text.contains("(3 problems)"), "{text}");
+    assert!(text.contains("line 4: job \"sessions\": cannot read password_file"), "{text}");
+    assert!(text.contains("line 6: unknown key \"colour\""), "{text}");
+    assert!(text.contains("line 11: target \"local\": path"), "{text}");
+    assert!(text.contains("is not a directory"), "{text}");
+}
+
+#[test]
+fn check_rejects_empty_password_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[job]]\nname = \"sessions\"\nredis_url = \"redis://127.0.0.1:6379/\"\npassword_env = \"SESSBACKUP_TEST_EMPTY\"\ntargets = [\"local\"]\n\n\
+             [[target]]\nname = \"local\"\ntype = \"local\"\npath = \"{}\"\n",
+            dir.path().join("backups").display()
+        ),
+    )
+    .unwrap();
+    let output = sessbackup()
+        .args(["--config", config.to_str().unwrap(), "check"])
+        .env("SESSBACKUP_TEST_EMPTY", "")
+        .output()
+        .unwrap();
+    assert_exit(&output, 78, "check with an empty password variable");
+    assert!(stderr(&output).contains("set but empty"), "{}", stderr(&output));
+}
+
+#[test]
+fn misspelled_log_level_is_usage_error() {
+    let output = sessbackup().args(["--log-level", "loud", "inspect", "/nonexistent"]).output().unwrap();
+    assert_exit(&output, 2, "an unknown log level");
+    assert!(stderr(&output).contains("loud"), "{}", stderr(&output));
+    let output = sessbackup().args(["--log-level", "warning", "inspect", "/nonexistent"]).output().unwrap();
+    assert_exit(&output, 1, "log level 'warning'");
+}
+
+#[test]
+fn inspect_recognises_compressed_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = dir.path().join("backup.rdb.zst");
+    std::fs::write(&artifact, zstd::encode_all(&b"REDIS0010\xff"[..], 3).unwrap()).unwrap();
+    let output = sessbackup().args(["inspect", artifact.to_str().unwrap()]).output().unwrap();
+    assert_exit(&output, 1, "inspect of a zstd file");
+    assert!(stdout(&output).contains("zstd"), "{}", stdout(&output));
 }
 
 #[test]

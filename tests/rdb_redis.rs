@@ -99,7 +99,7 @@ fn check_rdb_available() -> bool {
         if std::env::var("SESSBACKUP_REQUIRE_SERVERS").as_deref() == Ok("1") {
             panic!("redis-check-rdb is not installed and SESSBACKUP_REQUIRE_SERVERS=1");
         }
-        eprintln!("SKIPPED: redis-check-rdb not found on PATH (install redis-tools)");
+        common::say("SKIPPED: redis-check-rdb not found on PATH (install redis-tools)");
     }
     found
 }

@@ -331,6 +331,12 @@ impl<R: Read> Walker<R> {
             (Format::Redis, &magic[5..])
         } else if &magic[..6] == b"VALKEY" {
             (Format::Valkey, &magic[6..])
+        } else if magic[..4] == [0x28, 0xB5, 0x2F, 0xFD] {
+            return Err(Error::at(
+                0,
+                "this is a zstd-compressed file, not an RDB file; decompress it first (`zstd -d`), or let \
+                 `sessbackup restore` write the RDB",
+            ));
         } else {
             return Err(Error::at(
                 0,

@@ -14,6 +14,13 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+/// Prints a line straight to standard error. The test harness captures
+/// `eprintln!` of passing tests, and a skip must stay visible.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Waits up to `timeout` for `condition`, polling every 20 ms.
 pub fn wait_for(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -30,8 +37,8 @@ pub fn redis_available() -> bool {
         if std::env::var("SESSBACKUP_REQUIRE_SERVERS").as_deref() == Ok("1") {
             panic!("redis-server is not installed and SESSBACKUP_REQUIRE_SERVERS=1");
         }
-        eprintln!(
-            "SKIPPED: redis-server not found on PATH (install redis-server, or set SESSBACKUP_REQUIRE_SERVERS=1 to fail)"
+        say(
+            "SKIPPED: redis-server not found on PATH (install redis-server, or set SESSBACKUP_REQUIRE_SERVERS=1 to fail)",
         );
     }
     found
