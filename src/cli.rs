@@ -1,8 +1,9 @@
 //! Command-line interface: argument parsing, logging set-up, and the glue that
 //! turns configuration into sources and targets for each command.
 //!
-//! Exit codes: 0 success, 1 the operation failed, 2 usage error, 78 invalid
-//! configuration (`EX_CONFIG`).
+//! Exit codes: 0 success, 1 the operation failed, 2 usage error, 3 a backup
+//! reached some of its targets but not all, 78 invalid configuration
+//! (`EX_CONFIG`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,11 +18,13 @@ use crate::pipeline;
 use crate::rdb;
 use crate::restore::{self, Backup};
 use crate::source::RedisSource;
-use crate::target::{LocalTarget, Target};
+use crate::target::{FtpTarget, LocalTarget, S3Credentials, S3Target, Target};
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_CONFIG: u8 = 78;
+/// A backup was published on some of a job's targets but not on all.
+pub const EXIT_PARTIAL: u8 = 3;
 
 /// Back up Redis (RDB snapshots) to verified, compressed backups, and restore them.
 #[derive(Debug, Parser)]
@@ -143,9 +146,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    // Both TLS users (Redis over TLS now, more targets later) share one crypto
-    // provider; installing it once avoids a panic when two are linked.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    crate::tls::ensure_crypto_provider();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -160,7 +161,10 @@ pub fn main() -> ExitCode {
 
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(cli.log_level.directive()));
+    // The FTP library logs every transfer it abandons at warn level; the
+    // target reports those failures itself, with their context.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},suppaftp=error", cli.log_level.directive())));
     // Colour only for a person at a terminal; journald and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
@@ -212,11 +216,32 @@ async fn run(cli: Cli) -> u8 {
 #[error("{0}")]
 struct UsageError(String);
 
-/// Builds the target named `name`.
+/// Builds the target named `name`, reading the secrets it needs.
 pub fn build_target(config: &Config, name: &str) -> anyhow::Result<Arc<dyn Target>> {
     let target = config.target(name).ok_or_else(|| anyhow!("target {name:?} is not defined in the configuration"))?;
+    let context = |message: String| anyhow!("target {name}: {message}");
     Ok(match &target.kind {
         TargetKind::Local { path } => Arc::new(LocalTarget::new(target.name.clone(), path.clone())),
+        TargetKind::Ftp(settings) => {
+            let password = settings.password.as_ref().map(|source| source.resolve()).transpose().map_err(context)?;
+            Arc::new(FtpTarget::new(target.name.clone(), settings.clone(), password).map_err(context)?)
+        }
+        TargetKind::S3(settings) => {
+            let credentials = match (&settings.access_key_id, &settings.secret_access_key) {
+                (Some(key_id), Some(secret)) => Some(S3Credentials {
+                    access_key_id: key_id.resolve().map_err(context)?,
+                    secret_access_key: secret.resolve().map_err(context)?,
+                    session_token: settings
+                        .session_token
+                        .as_ref()
+                        .map(|source| source.resolve())
+                        .transpose()
+                        .map_err(context)?,
+                }),
+                _ => None,
+            };
+            Arc::new(S3Target::new(target.name.clone(), settings, credentials).map_err(context)?)
+        }
     })
 }
 
@@ -227,11 +252,12 @@ async fn backup(config: &Config, job_name: Option<&str>, json: bool) -> anyhow::
     };
     let mut reports = Vec::new();
     let mut failed = false;
+    let mut partial = false;
     for job in jobs {
         match backup_job(config, job).await {
             Ok(report) => {
                 if !report.all_published() {
-                    failed = true;
+                    partial = true;
                 }
                 if !json {
                     print_run(&report);
@@ -249,7 +275,13 @@ async fn backup(config: &Config, job_name: Option<&str>, json: bool) -> anyhow::
     if json {
         println!("{}", serde_json::to_string_pretty(&reports).expect("JSON values serialize"));
     }
-    Ok(if failed { EXIT_FAILURE } else { 0 })
+    Ok(if failed {
+        EXIT_FAILURE
+    } else if partial {
+        EXIT_PARTIAL
+    } else {
+        0
+    })
 }
 
 async fn backup_job(config: &Config, job: &config::Job) -> anyhow::Result<pipeline::RunReport> {

@@ -9,3 +9,4 @@ pub mod restore;
 pub mod secret;
 pub mod source;
 pub mod target;
+pub mod tls;

@@ -131,7 +131,10 @@ async fn run(
     );
 
     let artifact = manifest::artifact_name(&job.name, &id).expect("job names are valid object name parts");
-    let (uploads, senders) = start_uploads(targets, &artifact);
+    // zstd never makes data bigger than its input plus a small frame overhead
+    // (zstd's ZSTD_compressBound), so that is an upper bound of the artifact.
+    let size_hint = Some(zstd::zstd_safe::compress_bound(snapshot.size as usize) as u64);
+    let (uploads, senders) = start_uploads(targets, &artifact, size_hint);
 
     let level = job.compression_level;
     let snapshot_path = snapshot.path.display().to_string();
@@ -226,14 +229,14 @@ async fn run(
 type Upload = tokio::task::JoinHandle<target::Result<u64>>;
 
 /// Starts one upload of the artifact per target, each fed by its own bounded channel.
-fn start_uploads(targets: &[Arc<dyn Target>], artifact: &ObjectName) -> (Vec<Upload>, Senders) {
+fn start_uploads(targets: &[Arc<dyn Target>], artifact: &ObjectName, size_hint: Option<u64>) -> (Vec<Upload>, Senders) {
     let mut uploads = Vec::new();
     let mut senders = Vec::new();
     for target in targets {
         let (sender, receiver) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
         let target = Arc::clone(target);
         let name = artifact.clone();
-        uploads.push(tokio::spawn(async move { target.put_stream(&name, receiver).await }));
+        uploads.push(tokio::spawn(async move { target.put_stream(&name, receiver, size_hint).await }));
         senders.push(Some(sender));
     }
     (uploads, senders)
@@ -289,6 +292,9 @@ async fn publish_manifests(
             Ok(bytes) => Some(format!("stored {bytes} bytes, expected {}", manifest.artifact.bytes)),
             Err(err) => Some(err.to_string()),
         };
+        if error.is_none() {
+            remove_stale_staging(target.as_ref(), &manifest.job, &manifest.id).await;
+        }
         match &error {
             None => tracing::info!(target = %target.name(), "backup published"),
             Some(error) => {
@@ -298,6 +304,50 @@ async fn publish_manifests(
         reports.push(TargetOutcome { target: target.name().to_string(), published: error.is_none(), error });
     }
     reports
+}
+
+/// Removes what earlier, interrupted runs of this job left on `target`:
+/// staging objects, and artifacts whose manifest was never written. Only
+/// leftovers of older backups are touched, so a run still going elsewhere
+/// keeps its own. Failures are logged, not fatal: the backup is already
+/// published.
+async fn remove_stale_staging(target: &dyn Target, job: &str, id: &str) {
+    let prefix = format!("{job}/");
+    match target.remove_stale_staging(&prefix, id).await {
+        Ok(removed) if removed.is_empty() => {}
+        Ok(removed) => {
+            tracing::info!(target = %target.name(), count = removed.len(), "removed staging files of interrupted uploads")
+        }
+        Err(err) => {
+            tracing::warn!(target = %target.name(), error = %err, "could not remove staging files of interrupted uploads")
+        }
+    }
+    let objects = match target.list(&prefix).await {
+        Ok(objects) => objects,
+        Err(err) => {
+            tracing::warn!(target = %target.name(), error = %err, "could not list the target to look for orphaned artifacts");
+            return;
+        }
+    };
+    let names: std::collections::HashSet<&str> = objects.iter().map(|object| object.name.as_str()).collect();
+    for object in &objects {
+        let Some(orphan_id) =
+            object.name.as_str().strip_prefix(&prefix).and_then(|rest| rest.strip_suffix(manifest::ARTIFACT_SUFFIX))
+        else {
+            continue;
+        };
+        let manifest = format!("{prefix}{orphan_id}{}", manifest::MANIFEST_SUFFIX);
+        if orphan_id < id && !names.contains(manifest.as_str()) {
+            match target.delete(&object.name).await {
+                Ok(()) => {
+                    tracing::info!(target = %target.name(), artifact = %object.name, "removed an artifact whose manifest was never written")
+                }
+                Err(err) => {
+                    tracing::warn!(target = %target.name(), error = %err, "could not remove an orphaned artifact")
+                }
+            }
+        }
+    }
 }
 
 fn log_finished(pass: &Pass, summary: &rdb::Summary, duration: Duration, reports: &[TargetOutcome]) {

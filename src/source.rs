@@ -101,6 +101,7 @@ pub struct RedisSource {
 
 impl RedisSource {
     pub fn new(settings: &RedisSettings, password: Option<Secret>, rdb_path: Option<PathBuf>) -> Result<Self, Error> {
+        crate::tls::ensure_crypto_provider();
         let display_url = settings.display_url();
         let hint = start_hint(settings.url_with_credentials());
         let invalid = |err: redis::RedisError| Error::Connect {

@@ -531,3 +531,24 @@ fn connection_hint_names_configured_port() {
     assert_exit(&output, 1, "backup without Redis");
     assert!(stderr(&output).contains(&format!("redis-server --port {port}")), "{}", stderr(&output));
 }
+
+#[test]
+fn successful_run_removes_leftovers_of_older_runs() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    fill_sessions(&redis, 50);
+    let setup = Setup::new(&redis.url(), "");
+    let job_dir = setup.backups.join("sessions");
+    std::fs::create_dir_all(&job_dir).unwrap();
+    // What a crashed run leaves: a staging file, and an artifact without manifest.
+    let staging = job_dir.join(".20200101T000000Z-00000001.rdb.zst.partial-0123456789abcdef");
+    let orphan = job_dir.join("20200101T000000Z-00000002.rdb.zst");
+    // A staging file of a later backup may belong to a run still going.
+    let later = job_dir.join(".29991231T000000Z-00000003.rdb.zst.partial-0123456789abcdef");
+    for path in [&staging, &orphan, &later] {
+        std::fs::write(path, b"leftover").unwrap();
+    }
+    assert_success(&setup.run(&["backup"]), "backup");
+    assert!(!staging.exists(), "stale staging file kept");
+    assert!(!orphan.exists(), "orphaned artifact kept");
+    assert!(later.exists(), "staging file of a later backup removed");
+}

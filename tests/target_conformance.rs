@@ -3,10 +3,16 @@
 //! objects are never replaced, and a failed or abandoned upload leaves nothing
 //! behind.
 
+mod common;
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use sessbackup::target::{Chunk, ErrorKind, LocalTarget, ObjectName, Target};
+use common::servers::{self, S3Server, Vsftpd};
+use sessbackup::config::{FtpSettings, FtpTls, S3Settings};
+use sessbackup::secret::Secret;
+use sessbackup::target::{Chunk, ErrorKind, FtpTarget, LocalTarget, ObjectName, S3Credentials, S3Target, Target};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
@@ -36,7 +42,7 @@ async fn put_parts(
     let upload = {
         let target = Arc::clone(target);
         let object = object.clone();
-        tokio::spawn(async move { target.put_stream(&object, receiver).await })
+        tokio::spawn(async move { target.put_stream(&object, receiver, None).await })
     };
     for part in parts {
         sender.send(Chunk::Data(Bytes::copy_from_slice(part))).await.unwrap();
@@ -83,7 +89,7 @@ async fn conformance(target: Arc<dyn Target>, leftovers: impl Fn() -> Vec<String
     let upload = {
         let target = Arc::clone(&target);
         let object = cancelled.clone();
-        tokio::spawn(async move { target.put_stream(&object, receiver).await })
+        tokio::spawn(async move { target.put_stream(&object, receiver, None).await })
     };
     sender.send(Chunk::Data(Bytes::from_static(b"some bytes"))).await.unwrap();
     tokio::task::yield_now().await;
@@ -122,13 +128,17 @@ async fn conformance(target: Arc<dyn Target>, leftovers: impl Fn() -> Vec<String
     assert_eq!(target.delete(&manifest).await.unwrap_err().kind, ErrorKind::NotFound);
     assert_eq!(listed(target.as_ref(), "job/").await, vec![first.to_string()]);
 
-    // A large streamed object arrives whole.
+    // A large streamed object (several S3 parts) arrives whole.
     let large = name("job/20260101T000009Z-00000009.rdb.zst");
-    let chunk = vec![0x5a_u8; 1 << 20];
-    let parts: Vec<&[u8]> = (0..5).map(|_| chunk.as_slice()).collect();
-    let stored = put_parts(&target, &large, &parts, Some(5 << 20)).await.unwrap();
-    assert_eq!(stored, 5 << 20);
-    assert_eq!(read_all(target.as_ref(), &large).await.len(), 5 << 20);
+    let chunks: Vec<Vec<u8>> = (0..12u8).map(|index| vec![index; 1 << 20]).collect();
+    let parts: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+    let stored = put_parts(&target, &large, &parts, Some(12 << 20)).await.unwrap();
+    assert_eq!(stored, 12 << 20);
+    let content = read_all(target.as_ref(), &large).await;
+    assert_eq!(content.len(), 12 << 20);
+    for (index, chunk) in content.chunks(1 << 20).enumerate() {
+        assert!(chunk.iter().all(|&byte| byte == index as u8), "part {index} of the large object differs");
+    }
 }
 
 /// Files under `root` whose name starts with '.' (staging files).
@@ -147,6 +157,80 @@ fn hidden_files(root: &std::path::Path) -> Vec<String> {
         }
     }
     out
+}
+
+fn ftp_settings(server: &Vsftpd, tls: FtpTls, ca_file: Option<std::path::PathBuf>) -> FtpSettings {
+    FtpSettings {
+        host: "127.0.0.1".to_string(),
+        port: server.port,
+        tls,
+        username: "anonymous".to_string(),
+        password: None,
+        path: "upload".to_string(),
+        ca_file,
+        insecure_skip_verify: false,
+        passive: true,
+        timeout: Duration::from_secs(10),
+        attempts: 2,
+    }
+}
+
+fn s3_settings(server: &S3Server, endpoint: String) -> S3Settings {
+    S3Settings {
+        bucket: server.bucket.clone(),
+        prefix: "redis/prod".to_string(),
+        region: "us-east-1".to_string(),
+        endpoint: Some(endpoint),
+        path_style: true,
+        allow_http: true,
+        access_key_id: None,
+        secret_access_key: None,
+        session_token: None,
+        storage_class: None,
+        multipart_part_size_bytes: 5 * 1024 * 1024,
+        conditional_writes: true,
+        timeout: Duration::from_secs(10),
+        attempts: 2,
+    }
+}
+
+fn s3_credentials() -> S3Credentials {
+    S3Credentials {
+        access_key_id: Secret::new(servers::S3_ACCESS_KEY),
+        secret_access_key: Secret::new(servers::S3_SECRET_KEY),
+        session_token: None,
+    }
+}
+
+#[tokio::test]
+async fn ftp_target_meets_contract() {
+    let Some(server) = Vsftpd::start(None) else { return };
+    let target: Arc<dyn Target> =
+        Arc::new(FtpTarget::new("ftp", ftp_settings(&server, FtpTls::None, None), None).unwrap());
+    conformance(target, || server.staging_files()).await;
+}
+
+#[tokio::test]
+async fn ftps_target_meets_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(certificate) = servers::make_certificate(dir.path()) else { return };
+    let Some(server) = Vsftpd::start(Some(&certificate)) else { return };
+    let settings = ftp_settings(&server, FtpTls::Explicit, Some(certificate.cert.clone()));
+    let target: Arc<dyn Target> = Arc::new(FtpTarget::new("ftps", settings, None).unwrap());
+    conformance(target, || server.staging_files()).await;
+}
+
+#[tokio::test]
+async fn s3_target_meets_contract() {
+    let Some(server) = S3Server::start("backups") else { return };
+    let target: Arc<dyn Target> =
+        Arc::new(S3Target::new("s3", &s3_settings(&server, server.endpoint()), Some(s3_credentials())).unwrap());
+    // Parts of unfinished multipart uploads are not objects, so there is
+    // nothing left over to look for.
+    conformance(target, Vec::new).await;
+    for object in server.objects() {
+        assert!(object.starts_with("redis/prod/"), "object outside the prefix: {object}");
+    }
 }
 
 #[tokio::test]

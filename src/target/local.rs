@@ -114,7 +114,7 @@ where
         .create(parent)
         .map_err(|err| Failure::io("create directory for", err))?;
     let file_name = path.file_name().expect("object names have a last component").to_string_lossy().into_owned();
-    let staging = path.with_file_name(format!(".{file_name}.partial-{:016x}", rand::random::<u64>()));
+    let staging = path.with_file_name(format!(".{}", super::staging_file_name(&file_name)));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -171,7 +171,12 @@ impl Target for LocalTarget {
         &self.name
     }
 
-    async fn put_stream(&self, name: &ObjectName, mut chunks: mpsc::Receiver<Chunk>) -> Result<u64> {
+    async fn put_stream(
+        &self,
+        name: &ObjectName,
+        mut chunks: mpsc::Receiver<Chunk>,
+        _size_hint: Option<u64>,
+    ) -> Result<u64> {
         self.upload(name, move |file| {
             let mut written: u64 = 0;
             loop {
@@ -225,6 +230,38 @@ impl Target for LocalTarget {
         sync_dir(path.parent().expect("object paths are below the root"))
             .await
             .map_err(|err| self.error("fsync directory of", name.as_str(), err))
+    }
+
+    async fn remove_stale_staging(&self, prefix: &str, before_id: &str) -> Result<Vec<String>> {
+        let dir = match prefix.rfind('/') {
+            Some(slash) => self.root.join(&prefix[..slash]),
+            None => self.root.clone(),
+        };
+        let before_id = before_id.to_string();
+        let for_error = dir.display().to_string();
+        let removed = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<String>> {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == IoKind::NotFound => return Ok(Vec::new()),
+                Err(err) => return Err(err),
+            };
+            let mut removed = Vec::new();
+            for entry in entries {
+                let entry = entry?;
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                if file_name.starts_with('.') && super::is_stale_staging(&file_name, &before_id) {
+                    std::fs::remove_file(entry.path())?;
+                    removed.push(entry.path().display().to_string());
+                }
+            }
+            if !removed.is_empty() {
+                sync_dir_blocking(&dir)?;
+            }
+            Ok(removed)
+        })
+        .await
+        .expect("cleanup task panicked");
+        removed.map_err(|err| self.error("remove staging files in", &for_error, err))
     }
 }
 

@@ -6,7 +6,9 @@
 //! validated before any I/O. Targets know nothing of Redis or of backups; the
 //! pipeline and the manifest give their objects meaning.
 
+mod ftp;
 mod local;
+mod s3;
 
 use std::fmt;
 use std::time::SystemTime;
@@ -16,7 +18,9 @@ use bytes::Bytes;
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
+pub use ftp::FtpTarget;
 pub use local::LocalTarget;
+pub use s3::{S3Credentials, S3Target, plan_part_size};
 
 /// One piece of a streamed upload.
 #[derive(Debug)]
@@ -124,10 +128,14 @@ pub trait Target: Send + Sync + fmt::Display {
     /// The object becomes visible (to `get` and `list`) only after the
     /// producer sent [`Chunk::End`] and the target holds exactly the announced
     /// number of bytes durably. If the channel closes before `End`, a write
-    /// fails, or the size differs, nothing is published under `name` and
-    /// whatever was staged is removed. An existing object `name` is never
-    /// replaced: that is an `AlreadyExists` error.
-    async fn put_stream(&self, name: &ObjectName, chunks: mpsc::Receiver<Chunk>) -> Result<u64>;
+    /// fails, or the size differs, nothing is published under `name`, and
+    /// whatever was staged is removed when the store can still be reached
+    /// (otherwise [`Target::remove_stale_staging`] removes it later). An
+    /// existing object `name` is never replaced: that is an `AlreadyExists`
+    /// error. `size_hint` is an upper bound of the object's size, when known;
+    /// stores that upload in parts size them with it.
+    async fn put_stream(&self, name: &ObjectName, chunks: mpsc::Receiver<Chunk>, size_hint: Option<u64>)
+    -> Result<u64>;
 
     /// Stores a small object, all or nothing, failing with `AlreadyExists`
     /// if `name` exists.
@@ -142,11 +150,64 @@ pub trait Target: Send + Sync + fmt::Display {
 
     /// Removes a published object; removing a missing object is `NotFound`.
     async fn delete(&self, name: &ObjectName) -> Result<()>;
+
+    /// Removes what interrupted uploads left under `prefix` for backups whose
+    /// id sorts before `before_id` (ids sort by time), and returns the names
+    /// removed. Staging objects of later backups, which may belong to a run
+    /// still going, are kept.
+    async fn remove_stale_staging(&self, prefix: &str, before_id: &str) -> Result<Vec<String>>;
+}
+
+/// Suffix that marks a staging object: `.partial-` and 16 hex digits.
+const STAGING_MARK: &str = ".partial-";
+
+/// Returns a fresh staging file name for the object whose last path
+/// component is `final_name`.
+pub(crate) fn staging_file_name(final_name: &str) -> String {
+    format!("{final_name}{STAGING_MARK}{:016x}", rand::random::<u64>())
+}
+
+/// Returns the final file name a staging file name stands for, or `None` if
+/// `file_name` is not a staging name. A leading '.' (local targets hide
+/// their staging files) is ignored.
+pub(crate) fn staged_final_name(file_name: &str) -> Option<&str> {
+    let name = file_name.strip_prefix('.').unwrap_or(file_name);
+    let at = name.rfind(STAGING_MARK)?;
+    let suffix = &name[at + STAGING_MARK.len()..];
+    (suffix.len() == 16 && suffix.bytes().all(|byte| byte.is_ascii_hexdigit())).then_some(&name[..at])
+}
+
+/// Whether a staging file (by its file name) belongs to a backup older than `before_id`.
+pub(crate) fn is_stale_staging(file_name: &str, before_id: &str) -> bool {
+    let Some(final_name) = staged_final_name(file_name) else { return false };
+    // Backup ids have a fixed width, so the first characters of the final
+    // name are the id of the backup the upload belonged to.
+    let id_len = before_id.len();
+    final_name.len() >= id_len && final_name.is_char_boundary(id_len) && &final_name[..id_len] < before_id
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_names_round_trip() {
+        let staging = staging_file_name("20261204T000000Z-0000abcd.rdb.zst");
+        assert_eq!(staged_final_name(&staging), Some("20261204T000000Z-0000abcd.rdb.zst"));
+        assert_eq!(staged_final_name(&format!(".{staging}")), Some("20261204T000000Z-0000abcd.rdb.zst"));
+        assert_eq!(staged_final_name("20261204T000000Z-0000abcd.rdb.zst"), None);
+        assert_eq!(staged_final_name("x.partial-123"), None);
+    }
+
+    #[test]
+    fn only_older_staging_is_stale() {
+        let old = staging_file_name("20261204T000000Z-0000abcd.rdb.zst");
+        let new = staging_file_name("20261204T000002Z-0000abcd.manifest.json");
+        let now = "20261204T000001Z-ffffffff";
+        assert!(is_stale_staging(&old, now));
+        assert!(!is_stale_staging(&new, now));
+        assert!(!is_stale_staging("20261204T000000Z-0000abcd.rdb.zst", now));
+    }
 
     #[test]
     fn object_names_are_validated() {

@@ -345,3 +345,5 @@ pub fn fill_sessions(redis: &Redis, sessions: usize) {
     pipe.cmd("SELECT").arg(0).ignore();
     pipe.query::<()>(&mut connection).unwrap();
 }
+
+pub mod servers;

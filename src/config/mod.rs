@@ -5,18 +5,22 @@
 //! that every problem (an unknown key, a wrong type, an invalid value) is
 //! reported at once with its line, not just the first one.
 //!
-//! Secrets are not read here: a job names where its password lives, and
-//! [`PasswordSource::resolve`] reads it when a run needs it.
+//! Secrets are not read here: the file names where each secret lives, and
+//! [`SecretSource::resolve`] reads it when a run needs it.
 
-use std::collections::{BTreeMap, HashSet};
+mod document;
+mod target;
+
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use toml::Spanned;
-use toml::de::{DeTable, DeValue};
+use toml::de::DeTable;
 
 use crate::secret::Secret;
+use document::{Fields, Problems, line_of, seconds};
+pub use target::{FtpSettings, FtpTls, MAX_PART_BYTES, MIN_PART_BYTES, S3Settings, Target, TargetKind};
 
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/sessbackup/config.toml";
@@ -51,7 +55,7 @@ pub struct RedisSettings {
     /// The URL as written, which may hold a password: never print it.
     url: String,
     pub username: Option<String>,
-    pub password: Option<PasswordSource>,
+    pub password: Option<SecretSource>,
     /// Extra CA certificate (PEM) trusted for `rediss://` connections.
     pub tls_ca_file: Option<PathBuf>,
     /// Name of the CONFIG command, for servers that rename it.
@@ -84,48 +88,37 @@ impl fmt::Debug for RedisSettings {
     }
 }
 
-/// Source of a password: an environment variable or a file. Contains the
-/// source's name, never the password.
+/// Where a secret comes from: an environment variable or a file. Contains
+/// the source's name and the configuration key that named it, never the
+/// secret itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PasswordSource {
-    Env(String),
-    File(PathBuf),
+pub enum SecretSource {
+    Env { variable: String, key: String },
+    File { path: PathBuf, key: String },
 }
 
-impl PasswordSource {
-    /// Reads the password. A file's trailing newline is dropped.
+impl SecretSource {
+    /// Reads the secret. A file's trailing newline is dropped.
     pub fn resolve(&self) -> Result<Secret, String> {
         match self {
-            PasswordSource::Env(name) => match std::env::var(name) {
+            SecretSource::Env { variable, key } => match std::env::var(variable) {
                 Ok(value) if value.is_empty() => {
-                    Err(format!("environment variable {name} (password_env) is set but empty; export the password"))
+                    Err(format!("environment variable {variable} ({key}) is set but empty; export the secret"))
                 }
                 Ok(value) => Ok(Secret::new(value)),
                 Err(std::env::VarError::NotPresent) => Err(format!(
-                    "environment variable {name} (password_env) is not set; export it or use password_file"
+                    "environment variable {variable} ({key}) is not set; export it, or name a file with the _file key"
                 )),
                 Err(std::env::VarError::NotUnicode(_)) => {
-                    Err(format!("environment variable {name} (password_env) is not valid UTF-8"))
+                    Err(format!("environment variable {variable} ({key}) is not valid UTF-8"))
                 }
             },
-            PasswordSource::File(path) => match std::fs::read_to_string(path) {
+            SecretSource::File { path, key } => match std::fs::read_to_string(path) {
                 Ok(text) => Ok(Secret::new(text.strip_suffix('\n').unwrap_or(&text).trim_end_matches('\r'))),
-                Err(err) => Err(format!("cannot read password_file {}: {err}", path.display())),
+                Err(err) => Err(format!("cannot read {key} {}: {err}", path.display())),
             },
         }
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub name: String,
-    pub kind: TargetKind,
-}
-
-#[derive(Debug, Clone)]
-pub enum TargetKind {
-    /// A directory on a local or mounted file system.
-    Local { path: PathBuf },
 }
 
 impl Config {
@@ -226,7 +219,7 @@ fn parse_with(text: &str, check_environment: bool) -> Result<Config, Vec<Problem
     let mut targets = Vec::new();
     let mut target_names = HashSet::new();
     for (table, span) in &target_tables {
-        let (name, target) = parse_target(table, span.clone(), &mut problems);
+        let (name, target) = target::parse_target(table, span.clone(), &mut problems);
         if let Some(name) = name {
             // A target with other problems still counts as defined, so jobs
             // naming it get no second, misleading "not defined" problem.
@@ -277,10 +270,13 @@ fn parse_job(
 ) -> Option<Job> {
     let mut fields = Fields::new(table, "[[job]]");
     let name = fields.name(problems, span.clone(), "job");
+    let context = match &name {
+        Some(name) => format!("job {name:?}"),
+        None => "job".to_string(),
+    };
     let url = fields.string(problems, "redis_url");
     let username = fields.string(problems, "username");
-    let password_env = fields.string(problems, "password_env");
-    let password_file = fields.string(problems, "password_file");
+    let password = fields.secret(problems, "password", &context).map(|(source, _)| source);
     let tls_ca_file = fields.string(problems, "tls_ca_file");
     let config_command = fields.string(problems, "config_command");
     let connect_timeout = fields.integer(problems, "connect_timeout_secs");
@@ -289,11 +285,6 @@ fn parse_job(
     let compression_level = fields.integer(problems, "compression_level");
     let targets = fields.string_array(problems, "targets");
     fields.finish(problems);
-
-    let context = match &name {
-        Some(name) => format!("job {name:?}"),
-        None => "job".to_string(),
-    };
 
     let url = match url {
         None => {
@@ -312,35 +303,6 @@ fn parse_job(
         },
     };
 
-    let password = match (&password_env, &password_file) {
-        (Some((_, span)), Some(_)) => {
-            problems.add(span.clone(), format!("{context}: set password_env or password_file, not both"));
-            None
-        }
-        (Some((name, span)), None) => {
-            let source = PasswordSource::Env(name.clone());
-            if name.is_empty() {
-                problems.add(span.clone(), format!("{context}: password_env is empty; name an environment variable"));
-            } else if problems.check_environment
-                && let Err(message) = source.resolve()
-            {
-                problems.add(span.clone(), format!("{context}: {message}"));
-            }
-            Some(source)
-        }
-        (None, Some((path, span))) => {
-            let source = PasswordSource::File(PathBuf::from(path));
-            if !Path::new(path).is_absolute() {
-                problems.add(span.clone(), format!("{context}: password_file {path:?} must be an absolute path"));
-            } else if problems.check_environment
-                && let Err(message) = source.resolve()
-            {
-                problems.add(span.clone(), format!("{context}: {message}"));
-            }
-            Some(source)
-        }
-        (None, None) => None,
-    };
     if let (Some(_), Some((_, url_span, true))) = (&password, &url) {
         problems.add(
             url_span.clone(),
@@ -457,107 +419,6 @@ fn parse_job(
     })
 }
 
-/// Returns the target's name when it is valid, and the target when all of it is.
-fn parse_target(
-    table: &DeTable<'_>,
-    span: std::ops::Range<usize>,
-    problems: &mut Problems<'_>,
-) -> (Option<String>, Option<Target>) {
-    let mut fields = Fields::new(table, "[[target]]");
-    let name = fields.name(problems, span.clone(), "target");
-    let kind = fields.string(problems, "type");
-    let context = match &name {
-        Some(name) => format!("target {name:?}"),
-        None => "target".to_string(),
-    };
-    let kind = match kind {
-        None => {
-            problems.add(span.clone(), format!("{context}: type is missing; supported: \"local\""));
-            fields.finish_ignoring_rest();
-            return (name, None);
-        }
-        Some((kind, kind_span)) => match kind.as_str() {
-            "local" => {
-                let path = fields.string(problems, "path");
-                fields.finish(problems);
-                match path {
-                    None => {
-                        problems.add(span, format!("{context}: path is missing; set the backup directory, for example path = \"/var/backups/sessbackup\""));
-                        None
-                    }
-                    Some((path, path_span)) => {
-                        if Path::new(&path).is_absolute() {
-                            if problems.check_environment
-                                && let Err(message) = check_target_dir(Path::new(&path))
-                            {
-                                problems.add(path_span, format!("{context}: {message}"));
-                            }
-                            Some(TargetKind::Local { path: PathBuf::from(path) })
-                        } else {
-                            problems.add(path_span, format!("{context}: path {path:?} must be an absolute path"));
-                            None
-                        }
-                    }
-                }
-            }
-            other => {
-                problems.add(kind_span, format!("{context}: unknown type {other:?}; supported: \"local\""));
-                fields.finish_ignoring_rest();
-                None
-            }
-        },
-    };
-    let target = match (&name, kind) {
-        (Some(name), Some(kind)) => Some(Target { name: name.clone(), kind }),
-        _ => None,
-    };
-    (name, target)
-}
-
-/// Checks that `path` is a writable directory, or could be created as one.
-fn check_target_dir(path: &Path) -> Result<(), String> {
-    let Some(existing) = path.ancestors().find(|dir| dir.exists()) else {
-        return Ok(());
-    };
-    if !existing.is_dir() {
-        return Err(format!("path {} cannot be used: {} is not a directory", path.display(), existing.display()));
-    }
-    let c_path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(existing.as_os_str()))
-        .map_err(|_| format!("path {} contains a NUL byte", path.display()))?;
-    // SAFETY: access(2) on a valid NUL-terminated path; it only reads the path.
-    let writable = unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) } == 0;
-    if !writable {
-        let what = if existing == path { "is not writable" } else { "cannot be created" };
-        return Err(format!(
-            "path {} {what}: this user cannot write to {}; fix its permissions or run as its owner",
-            path.display(),
-            existing.display()
-        ));
-    }
-    Ok(())
-}
-
-fn seconds(
-    problems: &mut Problems<'_>,
-    context: &str,
-    key: &str,
-    value: Option<(i64, std::ops::Range<usize>)>,
-    default: u64,
-    max: u64,
-) -> Duration {
-    match value {
-        None => Duration::from_secs(default),
-        Some((secs, span)) => {
-            if secs < 1 || secs as u64 > max {
-                problems.add(span, format!("{context}: {key} {secs} is out of range; use 1 to {max}"));
-                Duration::from_secs(default)
-            } else {
-                Duration::from_secs(secs as u64)
-            }
-        }
-    }
-}
-
 /// Accepts `redis://`, `rediss://` and `unix://` URLs; returns whether the URL
 /// carries a password.
 fn check_redis_url(text: &str) -> Result<bool, String> {
@@ -594,182 +455,6 @@ pub fn redact_url(text: &str) -> String {
             Some((scheme, _)) => format!("{scheme}://…"),
             None => "(unparsable URL)".to_string(),
         },
-    }
-}
-
-fn is_valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(first) if first.is_ascii_alphanumeric())
-        && name.len() <= 64
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
-
-/// Problems collected while reading the document.
-struct Problems<'t> {
-    text: &'t str,
-    list: Vec<Problem>,
-    /// Also check password sources, the TLS CA file and target folders.
-    check_environment: bool,
-}
-
-impl Problems<'_> {
-    fn add(&mut self, span: std::ops::Range<usize>, message: String) {
-        let line = line_of(self.text, span.start);
-        self.list.push(Problem { line: Some(line), message });
-    }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&byte| byte == b'\n').count() + 1
-}
-
-/// Keys of one table, read by name; whatever is not read is unknown.
-struct Fields<'a, 'i> {
-    table: &'a DeTable<'i>,
-    context: &'static str,
-    used: HashSet<String>,
-}
-
-impl<'a, 'i> Fields<'a, 'i> {
-    fn new(table: &'a DeTable<'i>, context: &'static str) -> Self {
-        Fields { table, context, used: HashSet::new() }
-    }
-
-    fn get(&mut self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
-        self.used.insert(key.to_string());
-        self.table.iter().find(|(name, _)| name.get_ref() == key).map(|(_, value)| value)
-    }
-
-    fn wrong_type(&self, problems: &mut Problems<'_>, key: &str, value: &Spanned<DeValue<'_>>, expected: &str) {
-        problems.add(
-            value.span(),
-            format!("{} key {key} must be {expected}, found {}", self.context, type_name(value.get_ref())),
-        );
-    }
-
-    fn string(&mut self, problems: &mut Problems<'_>, key: &str) -> Option<(String, std::ops::Range<usize>)> {
-        let value = self.get(key)?;
-        match value.get_ref() {
-            DeValue::String(text) => Some((text.to_string(), value.span())),
-            _ => {
-                self.wrong_type(problems, key, value, "a string");
-                None
-            }
-        }
-    }
-
-    fn integer(&mut self, problems: &mut Problems<'_>, key: &str) -> Option<(i64, std::ops::Range<usize>)> {
-        let value = self.get(key)?;
-        match value.get_ref() {
-            DeValue::Integer(integer) => match i64::from_str_radix(integer.as_str(), integer.radix()) {
-                Ok(number) => Some((number, value.span())),
-                Err(_) => {
-                    problems.add(
-                        value.span(),
-                        format!("{} key {key}: {} does not fit in 64 bits", self.context, integer.as_str()),
-                    );
-                    None
-                }
-            },
-            _ => {
-                self.wrong_type(problems, key, value, "an integer");
-                None
-            }
-        }
-    }
-
-    fn string_array(
-        &mut self,
-        problems: &mut Problems<'_>,
-        key: &str,
-    ) -> Option<(Vec<String>, std::ops::Range<usize>)> {
-        let value = self.get(key)?;
-        let DeValue::Array(items) = value.get_ref() else {
-            self.wrong_type(problems, key, value, "an array of strings");
-            return None;
-        };
-        let mut out = Vec::new();
-        for item in items.iter() {
-            match item.get_ref() {
-                DeValue::String(text) => out.push(text.to_string()),
-                _ => self.wrong_type(problems, key, item, "an array of strings"),
-            }
-        }
-        Some((out, value.span()))
-    }
-
-    /// Reads the required `name` key, which must be a valid object-name component.
-    fn name(&mut self, problems: &mut Problems<'_>, span: std::ops::Range<usize>, what: &str) -> Option<String> {
-        match self.string(problems, "name") {
-            None => {
-                problems.add(span, format!("{what} has no name; add name = \"...\""));
-                None
-            }
-            Some((name, name_span)) => {
-                if is_valid_name(&name) {
-                    Some(name)
-                } else {
-                    problems.add(
-                        name_span,
-                        format!(
-                            "{what} name {name:?} is invalid; use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-                        ),
-                    );
-                    None
-                }
-            }
-        }
-    }
-
-    fn array_of_tables(
-        &mut self,
-        problems: &mut Problems<'_>,
-        key: &str,
-    ) -> Vec<(DeTable<'i>, std::ops::Range<usize>)> {
-        let Some(value) = self.get(key) else {
-            return Vec::new();
-        };
-        let DeValue::Array(items) = value.get_ref() else {
-            self.wrong_type(problems, key, value, &format!("an array of tables ([[{key}]])"));
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for item in items.iter() {
-            match item.get_ref() {
-                DeValue::Table(table) => out.push((table.clone(), item.span())),
-                _ => self.wrong_type(problems, key, item, &format!("an array of tables ([[{key}]])")),
-            }
-        }
-        out
-    }
-
-    /// Reports every key that was not read as unknown.
-    fn finish(self, problems: &mut Problems<'_>) {
-        let mut unknown: BTreeMap<usize, String> = BTreeMap::new();
-        for (name, _) in self.table.iter() {
-            if !self.used.contains(name.get_ref().as_ref()) {
-                unknown.insert(name.span().start, name.get_ref().to_string());
-            }
-        }
-        for (start, name) in unknown {
-            problems.add(start..start, format!("unknown key {name:?} in {}", self.context));
-        }
-    }
-
-    /// Ends without checking for unknown keys, when the table's type is not
-    /// known and so its keys cannot be judged.
-    fn finish_ignoring_rest(self) {}
-}
-
-fn type_name(value: &DeValue<'_>) -> &'static str {
-    match value {
-        DeValue::String(_) => "a string",
-        DeValue::Integer(_) => "an integer",
-        DeValue::Float(_) => "a float",
-        DeValue::Boolean(_) => "a boolean",
-        DeValue::Datetime(_) => "a date-time",
-        DeValue::Array(_) => "an array",
-        DeValue::Table(_) => "a table",
     }
 }
 
@@ -810,7 +495,7 @@ path = "/var/backups/sessbackup"
 
     #[test]
     fn example_file_parses() {
-        let text = include_str!("../config.example.toml");
+        let text = include_str!("../../config.example.toml");
         let config = parse(text).unwrap_or_else(|problems| panic!("{problems:?}"));
         assert!(!config.jobs.is_empty());
     }
@@ -837,7 +522,7 @@ targets = ["nowhere"]
 
 [[target]]
 name = "t"
-type = "ftp"
+type = "nfs"
 "#;
         let found = messages(text);
         for expected in [
@@ -846,7 +531,7 @@ type = "ftp"
             "compression_level 40 is out of range",
             "snapshot_timeout_secs must be an integer",
             "target \"nowhere\" is not defined",
-            "unknown type \"ftp\"",
+            "unknown type \"nfs\"",
         ] {
             assert!(found.contains(expected), "missing {expected:?} in:\n{found}");
         }
@@ -911,8 +596,76 @@ type = "ftp"
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("password");
         std::fs::write(&path, "p@ss:w%rd\"\n").unwrap();
-        let secret = PasswordSource::File(path).resolve().unwrap();
+        let secret = SecretSource::File { path, key: "password_file".to_string() }.resolve().unwrap();
         assert_eq!(secret.expose(), "p@ss:w%rd\"");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const REMOTE_TARGETS: &str = r#"
+[[job]]
+name = "sessions"
+redis_url = "redis://127.0.0.1:6379/"
+targets = ["ftp", "s3"]
+
+[[target]]
+name = "ftp"
+type = "ftp"
+host = "backup.example.com"
+username = "backup"
+password_env = "FTP_PASSWORD"
+path = "/redis"
+
+[[target]]
+name = "s3"
+type = "s3"
+bucket = "redis-backups"
+prefix = "/prod/"
+endpoint = "https://minio.example.com:9000"
+access_key_id_env = "S3_KEY"
+secret_access_key_file = "/run/credentials/s3-secret"
+"#;
+
+    #[test]
+    fn remote_targets_use_defaults() {
+        let config = parse(REMOTE_TARGETS).unwrap_or_else(|problems| panic!("{problems:?}"));
+        let TargetKind::Ftp(ftp) = &config.targets[0].kind else { panic!("not ftp") };
+        assert_eq!(ftp.port, 21);
+        assert_eq!(ftp.tls, FtpTls::Explicit);
+        assert!(ftp.passive);
+        assert!(!ftp.insecure_skip_verify);
+        assert_eq!(ftp.path, "/redis");
+        let TargetKind::S3(s3) = &config.targets[1].kind else { panic!("not s3") };
+        assert_eq!(s3.prefix, "prod");
+        assert!(s3.path_style, "a custom endpoint defaults to path-style addressing");
+        assert!(s3.conditional_writes);
+        assert_eq!(s3.multipart_part_size_bytes, 8 * 1024 * 1024);
+    }
+
+    #[test]
+    fn remote_target_mistakes_are_reported() {
+        let text = REMOTE_TARGETS
+            .replace("host = \"backup.example.com\"", "host = \"backup.example.com\"\ntls = \"starttls\"\nport = 70000")
+            .replace(
+                "endpoint = \"https://minio.example.com:9000\"",
+                "endpoint = \"http://minio:9000\"\nmultipart_part_size_bytes = 1024",
+            )
+            .replace("secret_access_key_file = \"/run/credentials/s3-secret\"", "");
+        let found = messages(&text);
+        for expected in [
+            "tls \"starttls\" is invalid",
+            "port 70000 is out of range",
+            "uses plain http; set allow_http = true",
+            "multipart_part_size_bytes 1024 is out of range",
+            "access_key_id is set without secret_access_key",
+        ] {
+            assert!(found.contains(expected), "missing {expected:?} in:\n{found}");
+        }
+    }
+
+    #[test]
+    fn ftp_secret_pair_is_exclusive() {
+        let text = REMOTE_TARGETS
+            .replace("password_env = \"FTP_PASSWORD\"", "password_env = \"FTP_PASSWORD\"\npassword_file = \"/x\"");
+        assert!(messages(&text).contains("set password_env or password_file, not both"));
     }
 }
