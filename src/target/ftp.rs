@@ -723,3 +723,54 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use suppaftp::types::Response;
+
+    use super::*;
+
+    fn reply(code: u32, text: &str) -> Failure {
+        Failure::from(FtpError::UnexpectedResponse(Response::new(code.into(), text.as_bytes().to_vec())))
+    }
+
+    #[test]
+    fn temporary_replies_are_retried() {
+        for code in [421, 425, 426, 450, 451, 452] {
+            let failure = reply(code, &format!("{code} try later"));
+            assert_eq!(failure.kind, ErrorKind::Unavailable, "reply {code}");
+            assert!(failure.is_transient(), "reply {code}");
+        }
+    }
+
+    #[test]
+    fn permanent_replies_are_not_retried() {
+        let login = reply(530, "530 Login incorrect.");
+        assert_eq!(login.kind, ErrorKind::PermissionDenied);
+        assert!(!login.is_transient());
+        assert_eq!(login.message, "server replied 530 Login incorrect.");
+
+        let missing = reply(550, "550 Failed to open file.");
+        assert_eq!(missing.kind, ErrorKind::NotFound);
+        assert!(!missing.is_transient());
+
+        for code in [500, 501, 502, 504, 552, 553] {
+            assert_eq!(reply(code, "no").kind, ErrorKind::Other, "reply {code}");
+        }
+    }
+
+    #[test]
+    fn broken_connections_are_retried() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let failure = Failure::from(FtpError::ConnectionError(io));
+        assert!(failure.is_transient());
+        assert!(failure.message.contains("reset by peer"), "{}", failure.message);
+    }
+
+    #[test]
+    fn timeouts_are_retried() {
+        let failure = Failure::timeout("upload of backup.rdb.zst", Duration::from_secs(30));
+        assert!(failure.is_transient());
+        assert_eq!(failure.message, "upload of backup.rdb.zst timed out after 30 s");
+    }
+}

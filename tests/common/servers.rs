@@ -1,8 +1,8 @@
 //! FTP, FTPS and S3 servers for tests, on free loopback ports with their data
 //! in temporary folders, plus a fault-injecting HTTP proxy.
 //!
-//! - vsftpd (Debian package) serves anonymous FTP and explicit FTPS. It must
-//!   run as root; without root, or without the binary, tests skip.
+//! - vsftpd (Debian package) serves anonymous FTP and explicit FTPS, as root
+//!   or, with `run_as_launching_user`, as any user.
 //! - pyftpdlib serves FTPS with a user name and password.
 //! - s3s-fs (`cargo install s3s-fs --version 0.14.1 --features binary`)
 //!   serves S3 with signature checks.
@@ -125,28 +125,32 @@ pub struct Vsftpd {
     home: TempDir,
     child: Option<Child>,
     config: PathBuf,
+    binary: PathBuf,
 }
 
 impl Vsftpd {
     pub fn start(certificate: Option<&Certificate>) -> Option<Vsftpd> {
-        if Command::new("vsftpd").arg("-v").stdin(Stdio::null()).output().is_err() {
+        let Some(binary) = vsftpd_binary() else {
             missing("vsftpd not found (apt-get install vsftpd)");
             return None;
-        }
-        if unsafe { libc::geteuid() } != 0 {
-            missing("vsftpd tests need root");
-            return None;
-        }
+        };
+        // SAFETY: geteuid(2) has no preconditions.
+        let root_user = unsafe { libc::geteuid() } == 0;
         let home = tempfile::tempdir().unwrap();
         std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
         let root = home.path().join("root");
         let upload = root.join("upload");
         let empty = home.path().join("empty");
         std::fs::create_dir_all(&upload).unwrap();
         std::fs::create_dir_all(&empty).unwrap();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let status = Command::new("chown").args(["ftp:ftp"]).arg(&upload).status().unwrap();
-        assert!(status.success(), "chown ftp:ftp failed");
+        if root_user {
+            // As root, vsftpd runs anonymous sessions as the user `ftp`.
+            let status = Command::new("chown").args(["ftp:ftp"]).arg(&upload).status().unwrap();
+            assert!(status.success(), "chown ftp:ftp failed");
+        }
+
         let port = free_port();
         let passive = free_port().max(20000);
         let mut config = format!(
@@ -160,6 +164,11 @@ impl Vsftpd {
             empty = empty.display(),
             log = home.path().join("vsftpd.log").display(),
         );
+        if !root_user {
+            // Without root vsftpd cannot switch users or chroot: sessions
+            // run as this user and start in anon_root.
+            config.push_str("run_as_launching_user=YES\n");
+        }
         if let Some(certificate) = certificate {
             config.push_str(&format!(
                 "ssl_enable=YES\nallow_anon_ssl=YES\nforce_anon_logins_ssl=YES\nforce_anon_data_ssl=YES\n\
@@ -168,9 +177,10 @@ impl Vsftpd {
                 certificate.key.display()
             ));
         }
+
         let config_path = home.path().join("vsftpd.conf");
         std::fs::write(&config_path, config).unwrap();
-        let mut server = Vsftpd { port, root, home, child: None, config: config_path };
+        let mut server = Vsftpd { port, root, home, child: None, config: config_path, binary };
         server.restart();
         Some(server)
     }
@@ -185,7 +195,7 @@ impl Vsftpd {
     pub fn restart(&mut self) {
         // vsftpd reports start-up errors on file descriptor 0.
         let errors = std::fs::File::create(self.home.path().join("startup-errors")).unwrap();
-        let mut child = Command::new("vsftpd")
+        let mut child = Command::new(&self.binary)
             .arg(&self.config)
             .stdin(Stdio::from(errors))
             .stdout(Stdio::null())
@@ -311,6 +321,19 @@ impl Drop for S3Server {
     }
 }
 
+/// vsftpd lives in /usr/sbin, which is often not on a non-root PATH.
+fn vsftpd_binary() -> Option<PathBuf> {
+    ["vsftpd", "/usr/sbin/vsftpd"].into_iter().map(PathBuf::from).find(|candidate| {
+        Command::new(candidate)
+            .arg("-v")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    })
+}
+
 fn s3s_binary() -> Option<PathBuf> {
     let candidates = [
         std::env::var_os("CARGO_HOME").map(|home| PathBuf::from(home).join("bin/s3s-fs")),
@@ -345,7 +368,7 @@ pub fn files_below(dir: &Path) -> Vec<String> {
     out
 }
 
-/// An HTTP proxy on loopback in front of one server, which can answer 500 or
+/// An HTTP proxy on loopback in front of one server, which can reply 500 or
 /// cut connections instead of forwarding. Every request gets its own
 /// upstream connection (`Connection: close` is forced), so each one is
 /// judged on its own.
@@ -356,7 +379,7 @@ pub struct FaultProxy {
 
 #[derive(Default)]
 struct Faults {
-    /// Answer this many more matching requests with 500.
+    /// Reply 500 to this many more matching requests.
     fail_with_500: AtomicUsize,
     /// Cut this many more matching requests after forwarding part of their body.
     cut_mid_body: AtomicUsize,
@@ -385,8 +408,8 @@ impl FaultProxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Answers the next `count` requests whose request line contains
-    /// `matching` with "500 Internal Server Error".
+    /// Replies "500 Internal Server Error" to the next `count` requests whose
+    /// request line contains `matching`.
     pub fn fail_with_500(&self, count: usize, matching: &str) {
         *self.faults.matching.lock().unwrap() = matching.to_string();
         self.faults.fail_with_500.store(count, Ordering::SeqCst);
@@ -408,48 +431,65 @@ fn take(counter: &AtomicUsize) -> bool {
 }
 
 fn serve(mut client: TcpStream, upstream_port: u16, faults: &Faults) {
+    let Some(head) = read_head(&mut client) else { return };
+    faults.seen.fetch_add(1, Ordering::SeqCst);
+    let request_line = head.lines().next().unwrap_or_default().to_string();
+    let matches = request_line.contains(faults.matching.lock().unwrap().as_str());
+    let content_length = content_length(&head);
+
+    if matches && take(&faults.fail_with_500) {
+        reply_500(client, content_length);
+        return;
+    }
+
+    let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", upstream_port)) else { return };
+    if upstream.write_all(close_after_reply(&head).as_bytes()).is_err() {
+        return;
+    }
+    let cut = matches && content_length > 0 && take(&faults.cut_mid_body);
+    let body_limit = if cut { content_length / 2 } else { content_length };
+    if copy_body(&mut client, Some(&mut upstream), body_limit).is_none() {
+        return;
+    }
+    if cut {
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = upstream.shutdown(Shutdown::Both);
+        return;
+    }
+
+    let mut response = Vec::new();
+    let _ = upstream.read_to_end(&mut response);
+    let _ = client.write_all(&response);
+    let _ = client.shutdown(Shutdown::Both);
+}
+
+/// Reads the request line and headers, up to and including the blank line.
+fn read_head(client: &mut TcpStream) -> Option<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         match client.read(&mut byte) {
             Ok(1) => head.push(byte[0]),
-            _ => return,
+            _ => return None,
         }
     }
-    faults.seen.fetch_add(1, Ordering::SeqCst);
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let request_line = text.lines().next().unwrap_or_default().to_string();
-    let matches = request_line.contains(faults.matching.lock().unwrap().as_str());
-    let content_length: usize = text
-        .lines()
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
         .find_map(|line| {
             let (name, value) = line.split_once(':')?;
             name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
         })
-        .unwrap_or(0);
-    if matches && take(&faults.fail_with_500) {
-        // Read the whole body first: a client still sending would see a
-        // broken pipe instead of the reply.
-        let mut left = content_length;
-        let mut buffer = vec![0u8; 64 * 1024];
-        while left > 0 {
-            match client.read(&mut buffer[..left.min(64 * 1024)]) {
-                Ok(0) | Err(_) => return,
-                Ok(read) => left -= read,
-            }
-        }
-        let body = "<Error><Code>InternalError</Code><Message>injected by the test proxy</Message></Error>";
-        let _ = write!(
-            client,
-            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = client.shutdown(Shutdown::Both);
-        return;
-    }
-    // Force one request per upstream connection.
+        .unwrap_or(0)
+}
+
+/// Returns the head with `Connection: close`, so each upstream connection
+/// carries one request.
+fn close_after_reply(head: &str) -> String {
     let mut forwarded = String::new();
-    for line in text.split("\r\n").filter(|line| !line.is_empty()) {
+    for line in head.split("\r\n").filter(|line| !line.is_empty()) {
         if line.to_ascii_lowercase().starts_with("connection:") {
             continue;
         }
@@ -457,33 +497,39 @@ fn serve(mut client: TcpStream, upstream_port: u16, faults: &Faults) {
         forwarded.push_str("\r\n");
     }
     forwarded.push_str("Connection: close\r\n\r\n");
-    let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", upstream_port)) else { return };
-    if upstream.write_all(forwarded.as_bytes()).is_err() {
-        return;
-    }
-    let cut = matches && content_length > 0 && take(&faults.cut_mid_body);
-    let body_limit = if cut { content_length / 2 } else { content_length };
-    let mut left = body_limit;
+    forwarded
+}
+
+/// Reads `length` body bytes from the client, passing them upstream if given.
+fn copy_body(client: &mut TcpStream, mut upstream: Option<&mut TcpStream>, length: usize) -> Option<()> {
+    let mut left = length;
     let mut buffer = vec![0u8; 64 * 1024];
     while left > 0 {
         let want = left.min(buffer.len());
-        match client.read(&mut buffer[..want]) {
-            Ok(0) | Err(_) => return,
-            Ok(read) => {
-                if upstream.write_all(&buffer[..read]).is_err() {
-                    return;
-                }
-                left -= read;
-            }
+        let read = match client.read(&mut buffer[..want]) {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => read,
+        };
+        if let Some(upstream) = upstream.as_deref_mut() {
+            upstream.write_all(&buffer[..read]).ok()?;
         }
+        left -= read;
     }
-    if cut {
-        let _ = client.shutdown(Shutdown::Both);
-        let _ = upstream.shutdown(Shutdown::Both);
+    Some(())
+}
+
+fn reply_500(mut client: TcpStream, content_length: usize) {
+    // Read the whole body first: a client still sending would see a broken
+    // pipe instead of the reply.
+    if copy_body(&mut client, None, content_length).is_none() {
         return;
     }
-    let mut response = Vec::new();
-    let _ = upstream.read_to_end(&mut response);
-    let _ = client.write_all(&response);
+    let body = "<Error><Code>InternalError</Code><Message>injected by the test proxy</Message></Error>";
+    let _ = write!(
+        client,
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
     let _ = client.shutdown(Shutdown::Both);
 }
