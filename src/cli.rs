@@ -337,10 +337,17 @@ async fn list(config: &Config, job: Option<&str>, target: Option<&str>, json: bo
     let mut rows = Vec::new();
     let mut searched = Vec::new();
     let mut unreadable = 0;
+    let mut unreachable = 0;
     for target in candidate_targets(config, job, target)? {
-        let (backups, warnings) = restore::list_backups(&target, job)
-            .await
-            .with_context(|| format!("list backups on target {}", target.name()))?;
+        // One unreachable target does not hide the backups on the others.
+        let (backups, warnings) = match restore::list_backups(&target, job).await {
+            Ok(listed) => listed,
+            Err(err) => {
+                eprintln!("error: list backups on target {}: {err:#}", target.name());
+                unreachable += 1;
+                continue;
+            }
+        };
         for warning in &warnings {
             eprintln!("warning: {warning}");
         }
@@ -348,20 +355,23 @@ async fn list(config: &Config, job: Option<&str>, target: Option<&str>, json: bo
         searched.push(target.to_string());
         rows.extend(backups);
     }
+
     rows.sort_by(|a, b| b.manifest.id.cmp(&a.manifest.id).then_with(|| a.target.name().cmp(b.target.name())));
-    // A manifest that cannot be read hides a backup: say so in the exit code.
-    let code = if unreadable > 0 {
+    // A manifest that cannot be read hides a backup, so the exit code reports it.
+    if unreadable > 0 {
         eprintln!("error: {unreadable} manifest(s) could not be read; the backups they describe are not listed");
-        EXIT_FAILURE
-    } else {
-        0
-    };
+    }
+    let code = if unreadable > 0 || unreachable > 0 { EXIT_FAILURE } else { 0 };
+
     if json {
         let values: Vec<serde_json::Value> = rows.iter().map(list_entry).collect();
         println!("{}", serde_json::to_string_pretty(&values).expect("JSON values serialize"));
         return Ok(code);
     }
     if rows.is_empty() {
+        if searched.is_empty() {
+            return Ok(code);
+        }
         println!(
             "no backups found{} on {}",
             job.map(|job| format!(" of job {job}")).unwrap_or_default(),
@@ -423,10 +433,23 @@ async fn select_backup(
         tracing::warn!(job = name, "job is not in the configuration; searching every target");
     }
     let mut searched = Vec::new();
-    for target in candidate_targets(config, job, target)? {
-        let (backups, warnings) = restore::list_backups(&target, job)
+    let mut unreachable = Vec::new();
+    for candidate in candidate_targets(config, job, target)? {
+        let listed = restore::list_backups(&candidate, job)
             .await
-            .with_context(|| format!("list backups on target {}", target.name()))?;
+            .with_context(|| format!("list backups on target {}", candidate.name()));
+        let (backups, warnings) = match listed {
+            Ok(listed) => listed,
+            // A named target must be reachable. Otherwise an unreachable
+            // target is skipped so that another copy can still be restored.
+            Err(err) if target.is_none() => {
+                tracing::warn!("{err:#}; trying the next target");
+                unreachable.push(format!("{err:#}"));
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        let target = candidate;
         for warning in warnings {
             tracing::warn!("{warning}");
         }
@@ -456,9 +479,17 @@ async fn select_backup(
         }
     }
     let what = if which == "latest" { "no backup".to_string() } else { format!("no backup with id {which}") };
+    let of_job = job.map(|job| format!(" of job {job}")).unwrap_or_default();
+    if searched.is_empty() {
+        bail!("{what}{of_job} found: no target could be listed ({})", unreachable.join("; "));
+    }
+    let skipped = if unreachable.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} more could not be listed: {})", unreachable.len(), unreachable.join("; "))
+    };
     bail!(
-        "{what}{} found on target(s) {}; run `sessbackup list` to see what exists",
-        job.map(|job| format!(" of job {job}")).unwrap_or_default(),
+        "{what}{of_job} found on target(s) {}{skipped}; run `sessbackup list` to see what exists",
         searched.join(", ")
     )
 }

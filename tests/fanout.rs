@@ -220,6 +220,40 @@ fn ftp_server_stopped_mid_upload() {
 }
 
 #[test]
+fn restore_skips_unreachable_target() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    let Some(mut ftp) = Vsftpd::start(None) else { return };
+    fill_sessions(&redis, 500);
+    let job = Job::new(&redis, 3, &[ftp_target("ftp", &ftp, None), local_target()]);
+    let (output, _) = job.backup();
+    assert_success(&output, "backup to FTP and local");
+    ftp.kill();
+
+    // Without --target the first target is tried, found down, and the
+    // backup comes from the next one.
+    let restored = job.path("restored.rdb");
+    let output = job.run(&["restore", "--to", restored.to_str().unwrap()]);
+    assert_success(&output, "restore with the FTP server down");
+    assert!(stderr(&output).contains("target ftp"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("on target local"), "{}", stderr(&output));
+    let copy = Redis::start_on_rdb(&restored).expect("redis-server is available");
+    assert_eq!(copy.digest(), redis.digest());
+
+    // A named target must be reachable.
+    let output = job.run(&["verify", "--target", "ftp"]);
+    assert_exit(&output, 1, "verify on a stopped FTP server");
+    assert!(stderr(&output).contains("target ftp"), "{}", stderr(&output));
+
+    // list shows what it can reach and fails for the rest.
+    let output = job.run(&["list", "--json"]);
+    assert_exit(&output, 1, "list with the FTP server down");
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["target"], "local");
+    assert!(stderr(&output).contains("list backups on target ftp"), "{}", stderr(&output));
+}
+
+#[test]
 fn s3_errors_fail_only_that_target() {
     let Some(redis) = Redis::start(&[]) else { return };
     let Some(s3) = S3Server::start("backups") else { return };
@@ -233,7 +267,8 @@ fn s3_errors_fail_only_that_target() {
     assert_exit(&output, 3, "backup with S3 answering 500");
     assert_eq!(outcome(&report, "local")["published"], true);
     let error = outcome(&report, "s3")["error"].as_str().unwrap().to_string();
-    assert!(error.contains("target s3") && error.contains("500"), "{error}");
+    assert!(error.contains("target s3"), "{error}");
+    assert!(error.contains("500"), "{error}");
     assert!(s3.objects().is_empty(), "objects left after failed uploads: {:?}", s3.objects());
 
     // Connections cut in the middle of a part: the multipart upload is aborted.
@@ -297,7 +332,8 @@ fn wrong_credentials_and_untrusted_certificate_are_named() {
     assert!(s3_error.contains("target s3"), "{s3_error}");
     assert!(s3_error.to_lowercase().contains("signature") || s3_error.contains("403"), "{s3_error}");
     let tls_error = outcome(report, "untrusted")["error"].as_str().unwrap().to_string();
-    assert!(tls_error.contains("target untrusted") && tls_error.contains("TLS"), "{tls_error}");
+    assert!(tls_error.contains("target untrusted"), "{tls_error}");
+    assert!(tls_error.contains("TLS"), "{tls_error}");
     let login_error = outcome(report, "wronglogin")["error"].as_str().unwrap().to_string();
     assert!(
         login_error.contains("target wronglogin") && login_error.contains("login as \"backup\" failed"),
