@@ -71,8 +71,9 @@ pub struct Snapshot {
     pub path: PathBuf,
     pub size: u64,
     pub server: ServerInfo,
-    /// The server's clock (Unix seconds) when our save was requested: the
-    /// RDB's `ctime` must not be earlier.
+    /// The earliest `ctime` (Unix seconds) our save can write: the server's
+    /// clock when the save was requested, less the lag of the coarse clock
+    /// that stamps `ctime`.
     pub requested_at_server_secs: i64,
     /// `rdb_saves` after our save, when the server reports it.
     pub rdb_saves: Option<u64>,
@@ -211,7 +212,7 @@ impl RedisSource {
                 // seconds: start in a later second than the last save.
                 wait_for_next_second(&mut connection, before.lastsave, deadline, timeout).await?;
             }
-            let now = server_time(&mut connection).await?;
+            let now = earliest_ctime(server_clock(&mut connection).await?);
 
             let reply: redis::RedisResult<String> = redis::cmd("BGSAVE").query_async(&mut connection).await;
             match reply {
@@ -439,10 +440,24 @@ async fn server_info(connection: &mut MultiplexedConnection) -> Result<ServerInf
     })
 }
 
+/// Reads the server's clock as (seconds, microseconds) with TIME.
+async fn server_clock(connection: &mut MultiplexedConnection) -> Result<(i64, i64), Error> {
+    redis::cmd("TIME").query_async(connection).await.map_err(|err| command_error("TIME", err))
+}
+
 async fn server_time(connection: &mut MultiplexedConnection) -> Result<i64, Error> {
-    let (secs, _micros): (i64, i64) =
-        redis::cmd("TIME").query_async(connection).await.map_err(|err| command_error("TIME", err))?;
-    Ok(secs)
+    Ok(server_clock(connection).await?.0)
+}
+
+/// How far the clock that stamps `ctime` may lag TIME. Redis writes `ctime`
+/// from time(2), which Linux serves from a clock updated once per kernel
+/// tick (at most 10 ms); TIME reads the precise clock. A save requested a
+/// few milliseconds into a second can therefore carry the previous second.
+const CTIME_LAG_MICROS: i64 = 100_000;
+
+/// Returns the earliest `ctime` that a save requested at `clock` (from TIME) may carry.
+fn earliest_ctime((secs, micros): (i64, i64)) -> i64 {
+    if micros < CTIME_LAG_MICROS { secs - 1 } else { secs }
 }
 
 /// Parses INFO output (`key:value` lines; `#` starts a section title).
@@ -478,5 +493,17 @@ mod tests {
         let old = SaveMarker { saves: None, lastsave: Some(100) };
         assert!(SaveMarker { saves: None, lastsave: Some(101) }.is_after(&old));
         assert!(!SaveMarker { saves: None, lastsave: Some(100) }.is_after(&old));
+    }
+
+    #[test]
+    fn ctime_may_lag_early_in_second() {
+        assert_eq!(earliest_ctime((1000, 3_000)), 999);
+        assert_eq!(earliest_ctime((1000, 99_999)), 999);
+    }
+
+    #[test]
+    fn ctime_must_not_lag_later_in_second() {
+        assert_eq!(earliest_ctime((1000, 100_000)), 1000);
+        assert_eq!(earliest_ctime((1000, 999_999)), 1000);
     }
 }
