@@ -172,14 +172,17 @@ impl Manifest {
 /// Returns a new backup id for a snapshot taken at `at`.
 pub fn new_backup_id(at: OffsetDateTime) -> String {
     let at = at.to_offset(time::UtcOffset::UTC);
+    // Milliseconds keep runs of the same second in order; the random part
+    // only separates runs of the same millisecond.
     format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{:08x}",
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z-{:08x}",
         at.year(),
         at.month() as u8,
         at.day(),
         at.hour(),
         at.minute(),
         at.second(),
+        at.millisecond(),
         rand::random::<u32>()
     )
 }
@@ -276,11 +279,21 @@ mod tests {
 
     #[test]
     fn backup_ids_sort_by_time() {
-        let early = new_backup_id(time::macros::datetime!(2026-01-02 03:04:05 UTC));
+        let early = new_backup_id(time::macros::datetime!(2026-01-02 03:04:05.009 UTC));
         let late = new_backup_id(time::macros::datetime!(2026-11-02 03:04:05 UTC));
-        assert!(early.starts_with("20260102T030405Z-"));
+        assert!(early.starts_with("20260102T030405.009Z-"), "{early}");
         assert!(early < late);
         assert!(artifact_name("sessions", &early).is_ok());
+    }
+
+    #[test]
+    fn ids_in_one_second_keep_order() {
+        for millis in 0..999 {
+            let at = time::macros::datetime!(2026-01-02 03:04:05 UTC);
+            let earlier = new_backup_id(at + time::Duration::milliseconds(millis));
+            let later = new_backup_id(at + time::Duration::milliseconds(millis + 1));
+            assert!(earlier < later, "{earlier} sorts after {later}");
+        }
     }
 
     #[test]
