@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config, TargetKind};
@@ -290,8 +290,31 @@ async fn backup_job(config: &Config, job: &config::Job) -> anyhow::Result<pipeli
         None => None,
     };
     let source = RedisSource::new(&job.redis, password, job.rdb_path.clone())?;
-    let targets = job.targets.iter().map(|name| build_target(config, name)).collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(pipeline::run_backup(job, &source, &targets).await?)
+    // A target that cannot be set up (an unset password variable, say) fails
+    // alone; the backup still goes to the others.
+    let mut targets = Vec::new();
+    let mut unusable = Vec::new();
+    for name in &job.targets {
+        match build_target(config, name) {
+            Ok(target) => targets.push(target),
+            Err(err) => {
+                tracing::error!(target = %name, error = %format!("{err:#}"), "target cannot be used");
+                unusable.push(pipeline::TargetOutcome {
+                    target: name.clone(),
+                    published: false,
+                    error: Some(format!("{err:#}")),
+                });
+            }
+        }
+    }
+    if targets.is_empty() {
+        let errors: Vec<String> = unusable.into_iter().filter_map(|outcome| outcome.error).collect();
+        bail!("no target of job {} can be used: {}", job.name, errors.join("; "));
+    }
+    let mut report = pipeline::run_backup(job, &source, &targets).await?;
+    report.targets.extend(unusable);
+    report.targets.sort_by_key(|outcome| job.targets.iter().position(|name| *name == outcome.target));
+    Ok(report)
 }
 
 fn print_run(report: &pipeline::RunReport) {
@@ -316,21 +339,36 @@ fn unknown_job(config: &Config, name: &str) -> anyhow::Error {
     UsageError(format!("job {name:?} is not defined; jobs in the configuration: {}", known.join(", "))).into()
 }
 
-/// Targets to search: the named one, else the job's targets in order, else all.
-fn candidate_targets(config: &Config, job: Option<&str>, target: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Target>>> {
+/// A target by name, built, or the reason it cannot be.
+type Candidate = (String, anyhow::Result<Arc<dyn Target>>);
+
+/// Lists the targets to search, in order. With a name, that target alone,
+/// and an error at once if it cannot be built. With a job, its targets.
+/// Otherwise every job's targets in job order, then targets no job uses.
+fn candidate_targets(config: &Config, job: Option<&str>, target: Option<&str>) -> anyhow::Result<Vec<Candidate>> {
     if let Some(name) = target {
         if config.target(name).is_none() {
             let known: Vec<&str> = config.targets.iter().map(|target| target.name.as_str()).collect();
             let message = format!("target {name:?} is not defined; targets in the configuration: {}", known.join(", "));
             return Err(UsageError(message).into());
         }
-        return Ok(vec![build_target(config, name)?]);
+        return Ok(vec![(name.to_string(), Ok(build_target(config, name)?))]);
     }
-    let names: Vec<String> = match job.and_then(|name| config.job(name)) {
-        Some(job) => job.targets.clone(),
-        None => config.targets.iter().map(|target| target.name.clone()).collect(),
+    let names: Vec<&str> = match job.and_then(|name| config.job(name)) {
+        Some(job) => job.targets.iter().map(String::as_str).collect(),
+        None => {
+            let mut names: Vec<&str> = Vec::new();
+            let used = config.jobs.iter().flat_map(|job| job.targets.iter().map(String::as_str));
+            let unused = config.targets.iter().map(|target| target.name.as_str());
+            for name in used.chain(unused) {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            names
+        }
     };
-    names.iter().map(|name| build_target(config, name)).collect()
+    Ok(names.into_iter().map(|name| (name.to_string(), build_target(config, name))).collect())
 }
 
 async fn list(config: &Config, job: Option<&str>, target: Option<&str>, json: bool) -> anyhow::Result<u8> {
@@ -338,12 +376,12 @@ async fn list(config: &Config, job: Option<&str>, target: Option<&str>, json: bo
     let mut searched = Vec::new();
     let mut unreadable = 0;
     let mut unreachable = 0;
-    for target in candidate_targets(config, job, target)? {
+    for (_, built) in candidate_targets(config, job, target)? {
         // One unreachable target does not hide the backups on the others.
-        let (backups, warnings) = match restore::list_backups(&target, job).await {
+        let (target, (backups, warnings)) = match list_target(built, job).await {
             Ok(listed) => listed,
             Err(err) => {
-                eprintln!("error: list backups on target {}: {err:#}", target.name());
+                eprintln!("error: {err:#}");
                 unreachable += 1;
                 continue;
             }
@@ -380,13 +418,13 @@ async fn list(config: &Config, job: Option<&str>, target: Option<&str>, json: bo
         return Ok(code);
     }
     println!(
-        "{:<28} {:<16} {:<12} {:<20} {:>10} {:>10} {:>10}",
+        "{:<29} {:<16} {:<12} {:<20} {:>10} {:>10} {:>10}",
         "ID", "JOB", "TARGET", "CREATED", "RDB", "ARTIFACT", "KEYS"
     );
     for backup in &rows {
         let manifest = &backup.manifest;
         println!(
-            "{:<28} {:<16} {:<12} {:<20} {:>10} {:>10} {:>10}",
+            "{:<29} {:<16} {:<12} {:<20} {:>10} {:>10} {:>10}",
             manifest.id,
             manifest.job,
             backup.target.name(),
@@ -418,8 +456,21 @@ fn list_entry(backup: &Backup) -> serde_json::Value {
     })
 }
 
-/// Finds the backup to verify or restore: by id or the newest, on the named
-/// target or the first candidate target that has it.
+/// Lists the backups on a target, if it could be built.
+async fn list_target(
+    built: anyhow::Result<Arc<dyn Target>>,
+    job: Option<&str>,
+) -> anyhow::Result<(Arc<dyn Target>, (Vec<Backup>, Vec<String>))> {
+    let target = built?;
+    let listed = restore::list_backups(&target, job).await?;
+    Ok((target, listed))
+}
+
+/// Finds the backup to verify or restore: the newest, or the one with id
+/// `which`. With a named target, only there. Otherwise every candidate
+/// target is searched; the newest backup wins, and of equal copies the one
+/// on the earliest target. Targets that cannot be reached are skipped with a
+/// warning, so another copy can still be restored.
 async fn select_backup(
     config: &Config,
     job: Option<&str>,
@@ -434,50 +485,47 @@ async fn select_backup(
     }
     let mut searched = Vec::new();
     let mut unreachable = Vec::new();
-    for candidate in candidate_targets(config, job, target)? {
-        let listed = restore::list_backups(&candidate, job)
-            .await
-            .with_context(|| format!("list backups on target {}", candidate.name()));
-        let (backups, warnings) = match listed {
+    let mut jobs = std::collections::BTreeSet::new();
+    let mut newest: Option<Backup> = None;
+    for (name, built) in candidate_targets(config, job, target)? {
+        let (_, (backups, warnings)) = match list_target(built, job).await {
             Ok(listed) => listed,
-            // A named target must be reachable. Otherwise an unreachable
-            // target is skipped so that another copy can still be restored.
             Err(err) if target.is_none() => {
-                tracing::warn!("{err:#}; trying the next target");
+                tracing::warn!("{err:#}; searching the other targets");
                 unreachable.push(format!("{err:#}"));
                 continue;
             }
             Err(err) => return Err(err),
         };
-        let target = candidate;
         for warning in warnings {
             tracing::warn!("{warning}");
         }
-        searched.push(target.name().to_string());
-        let found = if which == "latest" {
-            let jobs: std::collections::BTreeSet<&str> =
-                backups.iter().map(|backup| backup.manifest.job.as_str()).collect();
-            if jobs.len() > 1 {
-                bail!(
-                    "target {} contains backups of several jobs ({}); pass --job to choose one",
-                    target.name(),
-                    jobs.into_iter().collect::<Vec<_>>().join(", ")
-                );
+        searched.push(name);
+        if which != "latest" {
+            if let Some(backup) = backups.into_iter().find(|backup| backup.manifest.id == which) {
+                announce(&backup);
+                return Ok(backup);
             }
-            backups.into_iter().next()
-        } else {
-            backups.into_iter().find(|backup| backup.manifest.id == which)
-        };
-        if let Some(backup) = found {
-            eprintln!(
-                "using backup {} of job {} on target {}",
-                backup.manifest.id,
-                backup.manifest.job,
-                backup.target.name()
-            );
-            return Ok(backup);
+            continue;
+        }
+        jobs.extend(backups.iter().map(|backup| backup.manifest.job.clone()));
+        if let Some(first) = backups.into_iter().next()
+            && newest.as_ref().is_none_or(|current| first.manifest.id > current.manifest.id)
+        {
+            newest = Some(first);
         }
     }
+    if jobs.len() > 1 {
+        bail!(
+            "the targets hold backups of several jobs ({}); pass --job to choose one",
+            jobs.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    if let Some(backup) = newest {
+        announce(&backup);
+        return Ok(backup);
+    }
+
     let what = if which == "latest" { "no backup".to_string() } else { format!("no backup with id {which}") };
     let of_job = job.map(|job| format!(" of job {job}")).unwrap_or_default();
     if searched.is_empty() {
@@ -492,6 +540,10 @@ async fn select_backup(
         "{what}{of_job} found on target(s) {}{skipped}; run `sessbackup list` to see what exists",
         searched.join(", ")
     )
+}
+
+fn announce(backup: &Backup) {
+    eprintln!("using backup {} of job {} on target {}", backup.manifest.id, backup.manifest.job, backup.target.name());
 }
 
 async fn verify(
@@ -721,6 +773,25 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn candidate_names(config: &Config, job: Option<&str>) -> Vec<String> {
+        candidate_targets(config, job, None).unwrap().into_iter().map(|(name, _)| name).collect()
+    }
+
+    #[test]
+    fn search_order_follows_jobs() {
+        let mut text = String::from(
+            "[[job]]\nname = \"one\"\nredis_url = \"redis://127.0.0.1:6379/\"\ntargets = [\"c\", \"a\"]\n\
+             [[job]]\nname = \"two\"\nredis_url = \"redis://127.0.0.1:6380/\"\ntargets = [\"b\", \"c\"]\n",
+        );
+        for name in ["a", "b", "c", "d"] {
+            text.push_str(&format!("[[target]]\nname = \"{name}\"\ntype = \"local\"\npath = \"/srv/{name}\"\n"));
+        }
+        let config = config::parse(&text).unwrap();
+        assert_eq!(candidate_names(&config, Some("one")), ["c", "a"]);
+        assert_eq!(candidate_names(&config, Some("two")), ["b", "c"]);
+        assert_eq!(candidate_names(&config, None), ["c", "a", "b", "d"]);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!             SHA-256 of RDB └─▶ zstd encoder ─▶ SHA-256 of artifact ─▶ bounded channel per target
 //! ```
 //!
-//! Memory stays bounded: chunks are 1 MiB, every channel holds a few chunks,
+//! Memory stays bounded: chunks are 1 MiB, every channel buffers a few chunks,
 //! and zstd keeps a window of a few MiB per worker. A slow target slows the
 //! run through back-pressure; a failed target drops out and the others go on.
 //!
@@ -35,7 +35,7 @@ use crate::target::{self, Chunk, ObjectName, Target};
 /// Size of the chunks read from the RDB file and sent to targets.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Input per zstd worker job. zstd's default at level 3 is several times the
-/// window, and each queued job holds its input and output: on a 1 GiB RDB
+/// window, and each queued job keeps its input and output: on a 1 GiB RDB
 /// with two workers that measured 79 MiB peak RSS, against 35 MiB with 2 MiB
 /// jobs, at the same ratio and speed (scripts/bench, BENCHMARKS.md).
 const ZSTD_JOB_BYTES: u32 = 2 * 1024 * 1024;
@@ -86,7 +86,7 @@ pub struct RunReport {
     pub manifest: Manifest,
 }
 
-/// How the run obtained its snapshot.
+/// Snapshot details of a run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SnapshotReport {
     pub rdb_path: String,
@@ -292,9 +292,10 @@ async fn publish_manifests(
             Ok(bytes) => Some(format!("stored {bytes} bytes, expected {}", manifest.artifact.bytes)),
             Err(err) => Some(err.to_string()),
         };
-        if error.is_none() {
-            remove_stale_staging(target.as_ref(), &manifest.job, &manifest.id).await;
-        }
+        let error = match error {
+            None => confirm_and_tidy(target.as_ref(), manifest, artifact, &manifest_name).await.err(),
+            error => error,
+        };
         match &error {
             None => tracing::info!(target = %target.name(), "backup published"),
             Some(error) => {
@@ -306,12 +307,22 @@ async fn publish_manifests(
     reports
 }
 
-/// Removes what earlier, interrupted runs of this job left on `target`:
-/// staging objects, and artifacts whose manifest was never written. Only
-/// leftovers of older backups are touched, so a run still going elsewhere
-/// keeps its own. Failures are logged, not fatal: the backup is already
-/// published.
-async fn remove_stale_staging(target: &dyn Target, job: &str, id: &str) {
+/// After publishing on `target`: checks that listing the job's folder shows
+/// the new backup, then removes what earlier, interrupted runs of this job
+/// left there: staging objects, and artifacts whose manifest was never
+/// written. Only leftovers of older backups are touched, so a run still
+/// going elsewhere keeps its own.
+///
+/// A backup that `list`, `verify` and `restore` cannot see is as good as
+/// lost (an FTP server may store files its login cannot list), so that is an
+/// error. Failures to tidy up are only logged.
+async fn confirm_and_tidy(
+    target: &dyn Target,
+    manifest: &Manifest,
+    artifact: &ObjectName,
+    manifest_name: &ObjectName,
+) -> Result<(), String> {
+    let (job, id) = (manifest.job.as_str(), manifest.id.as_str());
     let prefix = format!("{job}/");
     match target.remove_stale_staging(&prefix, id).await {
         Ok(removed) if removed.is_empty() => {}
@@ -322,13 +333,28 @@ async fn remove_stale_staging(target: &dyn Target, job: &str, id: &str) {
             tracing::warn!(target = %target.name(), error = %err, "could not remove staging files of interrupted uploads")
         }
     }
-    let objects = match target.list(&prefix).await {
-        Ok(objects) => objects,
-        Err(err) => {
-            tracing::warn!(target = %target.name(), error = %err, "could not list the target to look for orphaned artifacts");
-            return;
+    let objects = target
+        .list(&prefix)
+        .await
+        .map_err(|err| format!("the backup was written, but listing it back failed: {err}"))?;
+    let listed_artifact = objects.iter().find(|object| object.name == *artifact);
+    let listed_manifest = objects.iter().any(|object| object.name == *manifest_name);
+    match listed_artifact {
+        Some(found) if listed_manifest && found.size == manifest.artifact.bytes => {}
+        Some(found) if listed_manifest => {
+            return Err(format!(
+                "the backup was written, but the listing shows {} with {} bytes instead of {}",
+                artifact, found.size, manifest.artifact.bytes
+            ));
         }
-    };
+        _ => {
+            return Err(format!(
+                "the backup was written, but listing {prefix} does not show it, so list, verify and restore \
+                 cannot use it; check that the login may list the files it stores"
+            ));
+        }
+    }
+
     let names: std::collections::HashSet<&str> = objects.iter().map(|object| object.name.as_str()).collect();
     for object in &objects {
         let Some(orphan_id) =
@@ -348,6 +374,7 @@ async fn remove_stale_staging(target: &dyn Target, job: &str, id: &str) {
             }
         }
     }
+    Ok(())
 }
 
 fn log_finished(pass: &Pass, summary: &rdb::Summary, duration: Duration, reports: &[TargetOutcome]) {

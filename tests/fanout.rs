@@ -250,7 +250,83 @@ fn restore_skips_unreachable_target() {
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["target"], "local");
-    assert!(stderr(&output).contains("list backups on target ftp"), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("target ftp: list upload/backups"), "{message}");
+    assert!(message.contains(&format!("127.0.0.1:{}", ftp.port)), "{message}");
+
+    // A backup taken while the FTP server is down exists only locally.
+    // When the server is back, the newest backup still comes from local,
+    // though the FTP target comes first and has an older one.
+    let (output, newer) = job.backup();
+    assert_exit(&output, 3, "backup with the FTP server down");
+    ftp.restart();
+    let output = job.run(&["verify"]);
+    assert_success(&output, "verify latest with the FTP server back");
+    let newer_id = newer["id"].as_str().unwrap();
+    let message = stderr(&output);
+    assert!(message.contains(&format!("using backup {newer_id} of job sessions on target local")), "{message}");
+}
+
+#[test]
+fn unset_password_fails_only_that_target() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    let Some(ftp) = Vsftpd::start(None) else { return };
+    fill_sessions(&redis, 200);
+    let (name, mut body) = ftp_target("ftp", &ftp, None);
+    body.push_str("\nusername = \"backup\"\npassword_env = \"SESSBACKUP_TEST_UNSET_PASSWORD\"");
+    let job = Job::new(&redis, 3, &[(name, body), local_target()]);
+
+    let output =
+        job.command().args(["backup", "--json"]).env_remove("SESSBACKUP_TEST_UNSET_PASSWORD").output().unwrap();
+    assert_exit(&output, 3, "backup with the FTP password variable unset");
+    let reports: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(outcome(&reports[0], "local")["published"], true);
+    let error = outcome(&reports[0], "ftp")["error"].as_str().unwrap().to_string();
+    assert!(error.contains("target ftp"), "{error}");
+    assert!(error.contains("SESSBACKUP_TEST_UNSET_PASSWORD"), "{error}");
+    let order: Vec<&str> =
+        reports[0]["targets"].as_array().unwrap().iter().map(|t| t["target"].as_str().unwrap()).collect();
+    assert_eq!(order, ["ftp", "local"]);
+
+    let restored = job.path("restored.rdb");
+    let output = job.run(&["restore", "--to", restored.to_str().unwrap()]);
+    assert_success(&output, "restore with the FTP password variable unset");
+    assert!(stderr(&output).contains("on target local"), "{}", stderr(&output));
+}
+
+#[test]
+fn self_signed_ca_certificate_is_pinned() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    let certs = tempfile::tempdir().unwrap();
+    // What `openssl req -x509` makes by default: a self-signed CA, which
+    // certificate validation refuses as a server's own certificate.
+    let Some(certificate) = servers::make_ca_certificate(certs.path()) else { return };
+    let Some(ftps) = Vsftpd::start(Some(&certificate)) else { return };
+    fill_sessions(&redis, 200);
+    let job = Job::new(&redis, 3, &[ftp_target("ftps", &ftps, Some(&certificate))]);
+
+    let (output, report) = job.backup();
+    assert_success(&output, "backup to FTPS with a pinned self-signed CA certificate");
+    assert_eq!(outcome(&report, "ftps")["published"], true);
+    restore_and_compare(&job, "ftps", &redis);
+}
+
+#[test]
+fn backup_the_server_cannot_list_fails() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    // Files and folders the anonymous login writes become private to it,
+    // and vsftpd lists only world-readable ones to anonymous sessions.
+    let Some(ftp) = Vsftpd::start_with(None, "anon_umask=077\n") else { return };
+    fill_sessions(&redis, 200);
+    let job = Job::new(&redis, 3, &[local_target(), ftp_target("ftp", &ftp, None)]);
+
+    let (output, report) = job.backup();
+    assert_exit(&output, 3, "backup to an FTP server that hides what it stores");
+    assert_eq!(outcome(&report, "local")["published"], true);
+    let failure = outcome(&report, "ftp");
+    assert_eq!(failure["published"], false);
+    let error = failure["error"].as_str().unwrap();
+    assert!(error.contains("does not show it"), "{error}");
 }
 
 #[test]
@@ -335,10 +411,10 @@ fn wrong_credentials_and_untrusted_certificate_are_named() {
     assert!(tls_error.contains("target untrusted"), "{tls_error}");
     assert!(tls_error.contains("TLS"), "{tls_error}");
     let login_error = outcome(report, "wronglogin")["error"].as_str().unwrap().to_string();
-    assert!(
-        login_error.contains("target wronglogin") && login_error.contains("login as \"backup\" failed"),
-        "{login_error}"
-    );
+    assert!(login_error.contains("target wronglogin"), "{login_error}");
+    assert!(login_error.contains("login as \"backup\" failed"), "{login_error}");
+    // Nothing was stored, so there is no staging file to clean up or warn about.
+    assert!(!stderr(&output).contains("staging file"), "{}", stderr(&output));
     assert!(s3.objects().is_empty(), "{:?}", s3.objects());
     assert!(servers::files_below(&pyftpd.root).is_empty(), "{:?}", servers::files_below(&pyftpd.root));
     assert!(servers::files_below(&ftps.root.join("upload")).is_empty());

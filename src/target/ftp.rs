@@ -147,6 +147,7 @@ impl Client {
     /// Opens a logged-in, binary-mode connection.
     async fn connect(&self) -> std::result::Result<Ftp, Failure> {
         let address = format!("{}:{}", self.settings.host, self.settings.port);
+        let at_address = |failure: Failure| Failure { message: format!("{address}: {}", failure.message), ..failure };
         let mut ftp: Ftp = match (&self.settings.tls, &self.tls) {
             (FtpTls::Implicit, Some(config)) => {
                 let connector = AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(Arc::clone(config)));
@@ -154,15 +155,19 @@ impl Client {
                     "connecting",
                     ImplAsyncFtpStream::connect_secure_implicit(&address, connector, &self.settings.host),
                 )
-                .await?
+                .await
+                .map_err(at_address)?
             }
             (tls, config) => {
-                let plain = self.timed("connecting", ImplAsyncFtpStream::connect(&address)).await?;
+                let plain =
+                    self.timed("connecting", ImplAsyncFtpStream::connect(&address)).await.map_err(at_address)?;
                 match (tls, config) {
                     (FtpTls::Explicit, Some(config)) => {
                         let connector =
                             AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(Arc::clone(config)));
-                        self.timed("starting TLS", plain.into_secure(connector, &self.settings.host)).await?
+                        self.timed("starting TLS", plain.into_secure(connector, &self.settings.host))
+                            .await
+                            .map_err(at_address)?
                     }
                     _ => plain,
                 }
@@ -265,11 +270,15 @@ impl Client {
         path: &str,
         staging: &str,
         chunks: &mut mpsc::Receiver<Chunk>,
+        stored: &mut bool,
     ) -> std::result::Result<u64, Failure> {
         let folder = path.rsplit_once('/').map(|(folder, _)| folder.to_string()).unwrap_or_default();
-        let (mut ftp, mut transfer) = self
+        // Set once a STOR was sent: only then can a staging file exist.
+        let store_sent = std::sync::atomic::AtomicBool::new(false);
+        let opened = self
             .with_retries("opening the upload", |mut ftp| {
                 let folder = folder.clone();
+                let store_sent = &store_sent;
                 async move {
                     if !folder.is_empty() {
                         self.make_folders(&mut ftp, &folder).await?;
@@ -277,11 +286,14 @@ impl Client {
                     if self.remote_size(&mut ftp, path).await?.is_some() {
                         return Err(Failure::new(ErrorKind::AlreadyExists, format!("{path} exists on the server")));
                     }
+                    store_sent.store(true, std::sync::atomic::Ordering::Relaxed);
                     let transfer = self.timed("STOR", ftp.put_with_stream(staging)).await?;
                     Ok((ftp, transfer))
                 }
             })
-            .await?;
+            .await;
+        *stored = store_sent.load(std::sync::atomic::Ordering::Relaxed);
+        let (mut ftp, mut transfer) = opened?;
 
         let mut written: u64 = 0;
         let outcome = loop {
@@ -388,11 +400,14 @@ impl Client {
             let (sender, mut receiver) = mpsc::channel(2);
             sender.send(Chunk::Data(data.clone())).await.expect("the receiver is alive");
             sender.send(Chunk::End { bytes: data.len() as u64 }).await.expect("the receiver is alive");
-            let result = self.upload(&path, &staging, &mut receiver).await;
+            let mut stored = false;
+            let result = self.upload(&path, &staging, &mut receiver, &mut stored).await;
             match result {
                 Ok(_) => return Ok(()),
                 Err(failure) => {
-                    self.discard(&staging).await;
+                    if stored {
+                        self.discard(&staging).await;
+                    }
                     if !failure.is_transient() || attempt >= self.settings.attempts {
                         return Err(failure);
                     }
@@ -429,10 +444,13 @@ impl Client {
             Some((folder, _)) => format!("{folder}/{}", super::staging_file_name(file_name)),
             None => super::staging_file_name(file_name),
         };
-        match self.upload(&path, &staging, chunks).await {
+        let mut stored = false;
+        match self.upload(&path, &staging, chunks, &mut stored).await {
             Ok(written) => Ok(written),
             Err(failure) => {
-                self.discard(&staging).await;
+                if stored {
+                    self.discard(&staging).await;
+                }
                 Err(self.error("upload", name.as_str(), failure))
             }
         }
@@ -537,7 +555,10 @@ impl Client {
                 }
             })
             .await
-            .map_err(|failure| self.error("list", &prefix, failure))?;
+            .map_err(|failure| {
+                let folder = self.remote_path(&folder);
+                self.error("list", if folder.is_empty() { "the login folder" } else { &folder }, failure)
+            })?;
         let mut objects = objects;
         objects.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(objects)
@@ -644,8 +665,10 @@ impl AsyncRead for ChannelReader {
     }
 }
 
-/// TLS settings: the system's trusted roots plus `ca_file`, or no checks at
-/// all with `insecure_skip_verify`.
+/// Trusts the system's roots and the certificates in `ca_file`. A
+/// certificate in `ca_file` that the server presents as its own is also
+/// accepted as is: a self-signed server certificate is often marked as a CA,
+/// which chain validation refuses as a server certificate.
 fn tls_config(settings: &FtpSettings) -> std::result::Result<rustls::ClientConfig, String> {
     let builder = rustls::ClientConfig::builder();
     if settings.insecure_skip_verify {
@@ -659,24 +682,90 @@ fn tls_config(settings: &FtpSettings) -> std::result::Result<rustls::ClientConfi
     for certificate in native.certs {
         let _ = roots.add(certificate);
     }
+    let mut pinned = Vec::new();
     if let Some(path) = &settings.ca_file {
         use rustls_pki_types::pem::PemObject;
         let certificates = rustls_pki_types::CertificateDer::pem_file_iter(path)
             .map_err(|err| format!("cannot read ca_file {}: {err}", path.display()))?;
-        let mut added = 0;
         for certificate in certificates {
             let certificate =
                 certificate.map_err(|err| format!("invalid certificate in ca_file {}: {err}", path.display()))?;
-            roots
-                .add(certificate)
-                .map_err(|err| format!("unusable certificate in ca_file {}: {err}", path.display()))?;
-            added += 1;
+            // One that cannot be a trust anchor can still be pinned.
+            let _ = roots.add(certificate.clone());
+            pinned.push(certificate);
         }
-        if added == 0 {
+        if pinned.is_empty() {
             return Err(format!("ca_file {} holds no PEM certificate", path.display()));
         }
     }
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+    let chain = if roots.is_empty() {
+        None
+    } else {
+        let verifier = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots))
+            .build()
+            .map_err(|err| format!("cannot use the trusted certificates: {err}"))?;
+        Some(verifier)
+    };
+    if chain.is_none() && pinned.is_empty() {
+        return Err("no trusted certificate: the system has none and ca_file is not set; set ca_file".to_string());
+    }
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ChainOrPinned { chain, pinned }))
+        .with_no_client_auth())
+}
+
+/// Accepts a certificate chain that validates against the trusted roots, or
+/// a server certificate identical to one in `ca_file`.
+#[derive(Debug)]
+struct ChainOrPinned {
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    pinned: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ChainOrPinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verdict = match &self.chain {
+            Some(chain) => chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+            None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)),
+        };
+        match verdict {
+            Ok(verified) => Ok(verified),
+            Err(_) if self.pinned.iter().any(|pinned| pinned.as_ref() == end_entity.as_ref()) => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        supported_verify_schemes()
+    }
 }
 
 /// Certificate verifier for `insecure_skip_verify = true`: accepts anything.
@@ -701,9 +790,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let provider =
-            rustls::crypto::CryptoProvider::get_default().expect("a crypto provider is installed at start-up");
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider.signature_verification_algorithms)
+        verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -712,16 +799,39 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let provider =
-            rustls::crypto::CryptoProvider::get_default().expect("a crypto provider is installed at start-up");
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider.signature_verification_algorithms)
+        verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::CryptoProvider::get_default()
-            .map(|provider| provider.signature_verification_algorithms.supported_schemes())
-            .unwrap_or_default()
+        supported_verify_schemes()
     }
+}
+
+// The handshake signature is checked the same way whatever decided trust:
+// it proves the server holds the certificate's private key.
+
+fn verify_tls12_signature(
+    message: &[u8],
+    cert: &rustls_pki_types::CertificateDer<'_>,
+    dss: &rustls::DigitallySignedStruct,
+) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    let provider = rustls::crypto::CryptoProvider::get_default().expect("a crypto provider is installed at start-up");
+    rustls::crypto::verify_tls12_signature(message, cert, dss, &provider.signature_verification_algorithms)
+}
+
+fn verify_tls13_signature(
+    message: &[u8],
+    cert: &rustls_pki_types::CertificateDer<'_>,
+    dss: &rustls::DigitallySignedStruct,
+) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    let provider = rustls::crypto::CryptoProvider::get_default().expect("a crypto provider is installed at start-up");
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &provider.signature_verification_algorithms)
+}
+
+fn supported_verify_schemes() -> Vec<rustls::SignatureScheme> {
+    rustls::crypto::CryptoProvider::get_default()
+        .map(|provider| provider.signature_verification_algorithms.supported_schemes())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -161,29 +161,33 @@ impl S3Target {
             object_store::Error::Generic { .. } => ErrorKind::Unavailable,
             _ => ErrorKind::Other,
         };
-        let hint = match kind {
-            ErrorKind::PermissionDenied => "; check the access key, the secret key and the bucket policy",
-            _ => "",
-        };
         // object_store's message includes its direct cause but not always
         // the root one (a refused connection, a TLS failure): add it.
-        let mut message = format!("{err}");
+        let mut message = shorten_error_body(&format!("{err}"));
         let mut root = std::error::Error::source(&err);
         while let Some(cause) = root.and_then(std::error::Error::source) {
             root = Some(cause);
         }
-        if let Some(root) = root.map(ToString::to_string)
+        if let Some(root) = root.map(|root| shorten_error_body(&root.to_string()))
             && !message.contains(&root)
         {
             message.push_str(&format!(": {root}"));
         }
-        Error {
-            kind,
-            target: self.name.clone(),
-            action,
-            object: object.to_string(),
-            message: format!("{message}{hint}"),
-        }
+        let hint = match error_code(&message) {
+            Some("NoSuchBucket") => format!("; bucket {} does not exist: create it or correct `bucket`", self.bucket),
+            Some("SignatureDoesNotMatch") => {
+                "; the secret key does not match the access key: check the secret access key".to_string()
+            }
+            Some("InvalidAccessKeyId") => {
+                "; the store does not know this access key: check the access key id".to_string()
+            }
+            _ if kind == ErrorKind::PermissionDenied || message.contains("403 Forbidden") => {
+                "; check the access key, the secret key and the bucket policy".to_string()
+            }
+            _ => String::new(),
+        };
+        let object = if object.is_empty() { format!("bucket {}", self.bucket) } else { object.to_string() };
+        Error { kind, target: self.name.clone(), action, object, message: format!("{message}{hint}") }
     }
 
     fn incomplete(&self, object: &str, message: String) -> Error {
@@ -310,6 +314,34 @@ impl S3Target {
         }
         outcome
     }
+}
+
+/// Replaces an S3 XML error document in `message` with its code and
+/// message, which is all it says that matters.
+fn shorten_error_body(message: &str) -> String {
+    let Some(start) = message.find("<?xml").or_else(|| message.find("<Error>")) else {
+        return message.to_string();
+    };
+    let document = &message[start..];
+    let end = document.find("</Error>").map(|end| end + "</Error>".len()).unwrap_or(document.len());
+    let element = |tag: &str| {
+        let open = format!("<{tag}>");
+        let from = document[..end].find(&open)? + open.len();
+        let to = document[from..end].find(&format!("</{tag}>"))? + from;
+        Some(document[from..to].to_string())
+    };
+    let summary = match (element("Code"), element("Message")) {
+        (Some(code), Some(text)) => format!("{code} ({text})"),
+        (Some(code), None) => code,
+        (None, Some(text)) => text,
+        (None, None) => return message.to_string(),
+    };
+    format!("{}{summary}{}", &message[..start], &document[end..])
+}
+
+/// The S3 error code in a message shortened by [`shorten_error_body`].
+fn error_code(message: &str) -> Option<&'static str> {
+    ["NoSuchBucket", "SignatureDoesNotMatch", "InvalidAccessKeyId"].into_iter().find(|code| message.contains(code))
 }
 
 /// Takes `size` bytes from the front of `pending` without copying whole chunks.
@@ -521,6 +553,27 @@ mod tests {
         let total: u64 = (0..MAX_PARTS).map(|index| part_size_at(index, 8 * MIB, false)).sum();
         assert!(total >= 5 * 1024 * 1024 * MIB, "unknown-size uploads must reach 5 TiB, reach {total}");
         assert_eq!(part_size_at(5000, 8 * MIB, true), 8 * MIB);
+    }
+
+    #[test]
+    fn error_document_is_shortened() {
+        let message = "Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\" \
+                       encoding=\"UTF-8\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request \
+                       signature we calculated does not match</Message><RequestId>1</RequestId></Error>";
+        assert_eq!(
+            shorten_error_body(message),
+            "Server returned non-2xx status code: 403 Forbidden: SignatureDoesNotMatch (The request signature we \
+             calculated does not match)"
+        );
+    }
+
+    #[test]
+    fn error_without_document_is_kept() {
+        assert_eq!(shorten_error_body("connection refused"), "connection refused");
+        assert_eq!(
+            shorten_error_body("404 Not Found: <Error><Code>NoSuchBucket</Code></Error>"),
+            "404 Not Found: NoSuchBucket"
+        );
     }
 
     #[test]

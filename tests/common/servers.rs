@@ -96,17 +96,30 @@ pub struct Certificate {
 }
 
 pub fn make_certificate(dir: &Path) -> Option<Certificate> {
+    self_signed(dir, &["basicConstraints=critical,CA:FALSE", "extendedKeyUsage=serverAuth"])
+}
+
+/// Makes a self-signed certificate for 127.0.0.1 marked as a CA, as `openssl
+/// req -x509` does by default.
+pub fn make_ca_certificate(dir: &Path) -> Option<Certificate> {
+    self_signed(dir, &["basicConstraints=critical,CA:TRUE"])
+}
+
+fn self_signed(dir: &Path, extensions: &[&str]) -> Option<Certificate> {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
-    let output = Command::new("openssl")
+    let mut command = Command::new("openssl");
+    command
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout"])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
         .args(["-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth"])
-        .output();
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]);
+    for extension in extensions {
+        command.args(["-addext", extension]);
+    }
+    let output = command.output();
     match output {
         Ok(output) if output.status.success() => Some(Certificate { cert, key }),
         Ok(output) => panic!("openssl failed: {}", String::from_utf8_lossy(&output.stderr)),
@@ -130,6 +143,12 @@ pub struct Vsftpd {
 
 impl Vsftpd {
     pub fn start(certificate: Option<&Certificate>) -> Option<Vsftpd> {
+        Vsftpd::start_with(certificate, "")
+    }
+
+    /// Starts a server whose configuration ends with `extra` (lines of
+    /// `key=value`), which override the defaults.
+    pub fn start_with(certificate: Option<&Certificate>, extra: &str) -> Option<Vsftpd> {
         let Some(binary) = vsftpd_binary() else {
             missing("vsftpd not found (apt-get install vsftpd)");
             return None;
@@ -178,6 +197,7 @@ impl Vsftpd {
             ));
         }
 
+        config.push_str(extra);
         let config_path = home.path().join("vsftpd.conf");
         std::fs::write(&config_path, config).unwrap();
         let mut server = Vsftpd { port, root, home, child: None, config: config_path, binary };
