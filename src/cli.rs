@@ -136,7 +136,7 @@ pub enum Command {
     },
     /// Validate the configuration file and report every problem.
     Check {
-        /// Also connect to Redis for each job.
+        /// Also connect to each job's Redis, and log in to each target and list it (writes nothing).
         #[arg(long)]
         probe: bool,
     },
@@ -741,6 +741,20 @@ async fn check(path: &Path, probe: bool) -> u8 {
                 Err(err) => {
                     failed = true;
                     eprintln!("job {}: {err:#}", job.name);
+                }
+            }
+        }
+        for target in &config.targets {
+            match list_target(build_target(&config, &target.name), None).await {
+                Ok((_, (backups, warnings))) => {
+                    println!("target {}: reachable, {} backup(s) listed", target.name, backups.len());
+                    for warning in warnings {
+                        println!("warning: {warning}");
+                    }
+                }
+                Err(err) => {
+                    failed = true;
+                    eprintln!("{err:#}");
                 }
             }
         }

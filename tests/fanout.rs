@@ -268,6 +268,25 @@ fn restore_skips_unreachable_target() {
 }
 
 #[test]
+fn check_probe_logs_in_to_targets() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    let Some(mut ftp) = Vsftpd::start(None) else { return };
+    let Some(s3) = S3Server::start("backups") else { return };
+    let job = Job::new(&redis, 3, &[ftp_target("ftp", &ftp, None), s3_target(&s3.endpoint(), "backups")]);
+
+    let output = job.run(&["check", "--probe"]);
+    assert_success(&output, "check --probe with every target up");
+    assert!(stdout(&output).contains("target ftp: reachable, 0 backup(s) listed"), "{}", stdout(&output));
+    assert!(stdout(&output).contains("target s3: reachable, 0 backup(s) listed"), "{}", stdout(&output));
+
+    ftp.kill();
+    let output = job.run(&["check", "--probe"]);
+    assert_exit(&output, 1, "check --probe with the FTP server down");
+    assert!(stderr(&output).contains("target ftp: list"), "{}", stderr(&output));
+    assert!(stdout(&output).contains("target s3: reachable"), "{}", stdout(&output));
+}
+
+#[test]
 fn unset_password_fails_only_that_target() {
     let Some(redis) = Redis::start(&[]) else { return };
     let Some(ftp) = Vsftpd::start(None) else { return };
