@@ -160,18 +160,26 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(cli: &Cli) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, filter};
     // The FTP library logs every transfer it abandons at warn level; the
     // target reports those failures itself, with their context.
-    let filter = EnvFilter::try_from_default_env()
+    let levels = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},suppaftp=error", cli.log_level.directive())));
+    // At debug and trace level the FTP library logs every command it sends,
+    // PASS with the password included, so those levels stay off for it
+    // whatever RUST_LOG sets.
+    let no_secrets = filter::filter_fn(|metadata| {
+        !(metadata.target().starts_with("suppaftp") && *metadata.level() > tracing::Level::INFO)
+    });
     // Colour only for a person at a terminal; journald and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match cli.log_format {
-        LogFormat::Text => builder.with_target(false).init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
-    }
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let layer = match cli.log_format {
+        LogFormat::Text => layer.with_target(false).boxed(),
+        LogFormat::Json => layer.json().with_current_span(true).with_span_list(false).boxed(),
+    };
+    tracing_subscriber::registry().with(layer.with_filter(levels).with_filter(no_secrets)).init();
 }
 
 async fn run(cli: Cli) -> u8 {
@@ -266,8 +274,13 @@ async fn backup(config: &Config, job_name: Option<&str>, json: bool) -> anyhow::
             }
             Err(err) => {
                 failed = true;
-                // Logged only: a plain line would break JSON log parsing.
+                // Standard error carries the log, which may be JSON: the
+                // failure goes there as a log event and to standard output
+                // with the other results.
                 tracing::error!(job = %job.name, error = %format!("{err:#}"), "backup failed");
+                if !json {
+                    println!("{}: backup FAILED: {err:#}", job.name);
+                }
                 reports.push(serde_json::json!({ "job": job.name, "error": format!("{err:#}") }));
             }
         }
@@ -285,6 +298,9 @@ async fn backup(config: &Config, job_name: Option<&str>, json: bool) -> anyhow::
 }
 
 async fn backup_job(config: &Config, job: &config::Job) -> anyhow::Result<pipeline::RunReport> {
+    // Held until the run ends: see the lock module for why runs of one job
+    // must not overlap.
+    let _lock = crate::lock::acquire(&job.name)?;
     let password = match &job.redis.password {
         Some(source) => Some(source.resolve().map_err(|message| anyhow!(message))?),
         None => None,
@@ -311,10 +327,7 @@ async fn backup_job(config: &Config, job: &config::Job) -> anyhow::Result<pipeli
         let errors: Vec<String> = unusable.into_iter().filter_map(|outcome| outcome.error).collect();
         bail!("no target of job {} can be used: {}", job.name, errors.join("; "));
     }
-    let mut report = pipeline::run_backup(job, &source, &targets).await?;
-    report.targets.extend(unusable);
-    report.targets.sort_by_key(|outcome| job.targets.iter().position(|name| *name == outcome.target));
-    Ok(report)
+    Ok(pipeline::run_backup(job, &source, &targets, unusable).await?)
 }
 
 fn print_run(report: &pipeline::RunReport) {
@@ -394,7 +407,9 @@ async fn list(config: &Config, job: Option<&str>, target: Option<&str>, json: bo
         rows.extend(backups);
     }
 
-    rows.sort_by(|a, b| b.manifest.id.cmp(&a.manifest.id).then_with(|| a.target.name().cmp(b.target.name())));
+    // Newest first; copies of one backup keep the search order of targets
+    // (the sort is stable).
+    rows.sort_by(|a, b| b.manifest.id.cmp(&a.manifest.id));
     // A manifest that cannot be read hides a backup, so the exit code reports it.
     if unreadable > 0 {
         eprintln!("error: {unreadable} manifest(s) could not be read; the backups they describe are not listed");
@@ -516,9 +531,9 @@ async fn select_backup(
         }
     }
     if jobs.len() > 1 {
-        bail!(
-            "the targets hold backups of several jobs ({}); pass --job to choose one",
-            jobs.into_iter().collect::<Vec<_>>().join(", ")
+        let jobs = jobs.into_iter().collect::<Vec<_>>().join(", ");
+        return Err(
+            UsageError(format!("the targets have backups of several jobs ({jobs}); pass --job to choose one")).into()
         );
     }
     if let Some(backup) = newest {

@@ -102,18 +102,26 @@ impl RunReport {
     }
 }
 
-/// Runs one backup of `job` to `targets`.
-pub async fn run_backup(job: &Job, source: &RedisSource, targets: &[Arc<dyn Target>]) -> Result<RunReport, Error> {
+/// Runs one backup of `job` to `targets`. `unusable` are the outcomes of
+/// the job's other targets, which could not be set up; they count as failed
+/// in the report and the log.
+pub async fn run_backup(
+    job: &Job,
+    source: &RedisSource,
+    targets: &[Arc<dyn Target>],
+    unusable: Vec<TargetOutcome>,
+) -> Result<RunReport, Error> {
     let requested_at = OffsetDateTime::now_utc();
     let id = manifest::new_backup_id(requested_at);
     let span = tracing::info_span!("run", job = %job.name, backup_id = %id);
-    run(job, source, targets, id, requested_at).instrument(span).await
+    run(job, source, targets, unusable, id, requested_at).instrument(span).await
 }
 
 async fn run(
     job: &Job,
     source: &RedisSource,
     targets: &[Arc<dyn Target>],
+    unusable: Vec<TargetOutcome>,
     id: String,
     requested_at: OffsetDateTime,
 ) -> Result<RunReport, Error> {
@@ -202,7 +210,9 @@ async fn run(
             compression: manifest::Compression { algorithm: "zstd".to_string(), level },
         },
     };
-    let reports = publish_manifests(&manifest, &artifact, stored).await;
+    let mut reports = publish_manifests(&manifest, &artifact, stored).await;
+    reports.extend(unusable);
+    reports.sort_by_key(|outcome| job.targets.iter().position(|name| *name == outcome.target));
 
     let duration = started.elapsed();
     log_finished(&pass, &summary, duration, &reports);
@@ -310,8 +320,9 @@ async fn publish_manifests(
 /// After publishing on `target`: checks that listing the job's folder shows
 /// the new backup, then removes what earlier, interrupted runs of this job
 /// left there: staging objects, and artifacts whose manifest was never
-/// written. Only leftovers of older backups are touched, so a run still
-/// going elsewhere keeps its own.
+/// written. Only leftovers of older backups are touched: an older run of the
+/// job cannot still be going on this host, because each run holds the job's
+/// lock, and a newer run keeps its own.
 ///
 /// A backup that `list`, `verify` and `restore` cannot see is as good as
 /// lost (an FTP server may store files its login cannot list), so that is an

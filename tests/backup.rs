@@ -70,6 +70,26 @@ fn session_data_round_trips() {
 }
 
 #[test]
+fn overlapping_run_is_refused() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    fill_sessions(&redis, 100);
+    let setup = Setup::new(&redis.url(), "");
+    // The lock a run of the same job takes while it lasts.
+    let held = sessbackup::lock::acquire_in(&setup.path("run"), "sessions").unwrap();
+
+    let output = setup.run(&["backup"]);
+    assert_exit(&output, 1, "backup while another run of the job holds the lock");
+    let message = stderr(&output);
+    assert!(message.contains("another backup of job sessions is running"), "{message}");
+    assert!(message.contains(&format!("process {}", std::process::id())), "{message}");
+    assert!(stdout(&output).contains("sessions: backup FAILED: another backup"), "{}", stdout(&output));
+    assert!(setup.backup_files().is_empty(), "{:?}", setup.backup_files());
+
+    drop(held);
+    assert_success(&setup.run(&["backup"]), "backup once the other run ended");
+}
+
+#[test]
 fn running_save_is_waited_for() {
     let Some(redis) = Redis::start(&[]) else { return };
     fill_sessions(&redis, 2000);

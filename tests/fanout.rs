@@ -45,6 +45,7 @@ impl Job {
             .arg("--config")
             .arg(&self.config)
             .env_remove("RUST_LOG")
+            .env("RUNTIME_DIRECTORY", self.home.path().join("run"))
             .env(KEY_VARIABLE, servers::S3_ACCESS_KEY)
             .env(SECRET_VARIABLE, servers::S3_SECRET_KEY);
         command
@@ -306,11 +307,47 @@ fn unset_password_fails_only_that_target() {
     let order: Vec<&str> =
         reports[0]["targets"].as_array().unwrap().iter().map(|t| t["target"].as_str().unwrap()).collect();
     assert_eq!(order, ["ftp", "local"]);
+    assert!(stderr(&output).contains("published=1 failed=1"), "{}", stderr(&output));
 
     let restored = job.path("restored.rdb");
     let output = job.run(&["restore", "--to", restored.to_str().unwrap()]);
     assert_success(&output, "restore with the FTP password variable unset");
     assert!(stderr(&output).contains("on target local"), "{}", stderr(&output));
+}
+
+#[test]
+fn tls_mismatches_are_explained() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    let certs = tempfile::tempdir().unwrap();
+    let Some(certificate) = servers::make_ca_certificate(certs.path()) else { return };
+    let Some(plain) = Vsftpd::start(None) else { return };
+    let Some(implicit) = Vsftpd::start_with(Some(&certificate), "implicit_ssl=YES\n") else { return };
+    let Some(explicit) = Vsftpd::start(Some(&certificate)) else { return };
+    fill_sessions(&redis, 100);
+    let explicit_to = |server: &Vsftpd| {
+        format!(
+            "type = \"ftp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"explicit\"\npath = \"upload\"\n\
+             timeout_secs = 2\nattempts = 1",
+            server.port
+        )
+    };
+    let job = Job::new(
+        &redis,
+        3,
+        &[
+            local_target(),
+            ("plain", explicit_to(&plain)),
+            ("implicit", explicit_to(&implicit)),
+            ("selfsigned", explicit_to(&explicit)),
+        ],
+    );
+
+    let (output, report) = job.backup();
+    assert_exit(&output, 3, "backup with mismatched TLS settings");
+    let error = |target: &str| outcome(&report, target)["error"].as_str().unwrap().to_string();
+    assert!(error("plain").contains("the server does not offer AUTH TLS"), "{}", error("plain"));
+    assert!(error("implicit").contains("set tls = \"implicit\""), "{}", error("implicit"));
+    assert!(error("selfsigned").contains("self-signed: put it in ca_file"), "{}", error("selfsigned"));
 }
 
 #[test]
@@ -438,9 +475,18 @@ fn wrong_credentials_and_untrusted_certificate_are_named() {
     assert!(servers::files_below(&pyftpd.root).is_empty(), "{:?}", servers::files_below(&pyftpd.root));
     assert!(servers::files_below(&ftps.root.join("upload")).is_empty());
 
-    // With the right password the user/password FTPS server takes the backup.
-    let output = job.command().args(["backup"]).env("SESSBACKUP_TEST_FTP_PASSWORD", "right-password").output().unwrap();
+    // With the right password the user/password FTPS server takes the
+    // backup. Even the most verbose logging must not show the password.
+    let output = job
+        .command()
+        .args(["backup"])
+        .env("SESSBACKUP_TEST_FTP_PASSWORD", "right-password")
+        .env("RUST_LOG", "trace,suppaftp=trace")
+        .output()
+        .unwrap();
     assert_exit(&output, 3, "backup with only the certificate still untrusted");
+    assert!(stderr(&output).contains("TRACE"), "RUST_LOG=trace was not applied");
+    assert!(!stderr(&output).contains("right-password"), "the FTP password appears in the log");
     let files = servers::files_below(&pyftpd.root);
     assert_eq!(files.len(), 2, "{files:?}");
     assert!(files.iter().all(|file| !file.contains(".partial-")), "{files:?}");

@@ -221,6 +221,16 @@ async fn ftps_target_meets_contract() {
 }
 
 #[tokio::test]
+async fn implicit_ftps_target_meets_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(certificate) = servers::make_certificate(dir.path()) else { return };
+    let Some(server) = Vsftpd::start_with(Some(&certificate), "implicit_ssl=YES\n") else { return };
+    let settings = ftp_settings(&server, FtpTls::Implicit, Some(certificate.cert.clone()));
+    let target: Arc<dyn Target> = Arc::new(FtpTarget::new("implicit", settings, None).unwrap());
+    conformance(target, || server.staging_files()).await;
+}
+
+#[tokio::test]
 async fn s3_target_meets_contract() {
     let Some(server) = S3Server::start("backups") else { return };
     let target: Arc<dyn Target> =

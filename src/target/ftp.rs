@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use suppaftp::Status;
 use suppaftp::list::{File as ListedFile, ListParser};
 use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream, ImplAsyncFtpStream};
 use suppaftp::types::FileType;
@@ -84,10 +85,19 @@ impl From<FtpError> for Failure {
                 };
                 Failure::new(kind, format!("server replied {text}"))
             }
-            FtpError::SecureError(message) => Failure::new(
-                ErrorKind::Other,
-                format!("TLS failed: {message}; check tls, ca_file and the server certificate"),
-            ),
+            FtpError::SecureError(message) => {
+                let hint = if message.contains("CaUsedAsEndEntity") {
+                    "the server's certificate is self-signed: put it in ca_file to trust it"
+                } else if message.contains("UnknownIssuer") {
+                    "no trusted CA signed the server's certificate: put that CA, or the server's own certificate, \
+                     in ca_file"
+                } else if message.contains("NotValidForName") {
+                    "the certificate does not name this host: set host to a name the certificate holds"
+                } else {
+                    "check tls, ca_file and the server certificate"
+                };
+                Failure::new(ErrorKind::Other, format!("TLS failed: {message}; {hint}"))
+            }
             _ => Failure::new(ErrorKind::Other, err.to_string()),
         }
     }
@@ -151,23 +161,49 @@ impl Client {
         let mut ftp: Ftp = match (&self.settings.tls, &self.tls) {
             (FtpTls::Implicit, Some(config)) => {
                 let connector = AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(Arc::clone(config)));
-                self.timed(
-                    "connecting",
-                    ImplAsyncFtpStream::connect_secure_implicit(&address, connector, &self.settings.host),
-                )
-                .await
-                .map_err(at_address)?
+                let mut ftp = self
+                    .timed(
+                        "connecting",
+                        ImplAsyncFtpStream::connect_secure_implicit(&address, connector, &self.settings.host),
+                    )
+                    .await
+                    .map_err(at_address)?;
+                // The library protects data connections only after explicit
+                // AUTH TLS; with implicit TLS the server still needs PROT P
+                // (RFC 4217) before it accepts encrypted data connections.
+                self.timed("sending PBSZ", ftp.custom_command("PBSZ 0", &[Status::CommandOk])).await?;
+                self.timed("sending PROT P", ftp.custom_command("PROT P", &[Status::CommandOk])).await?;
+                ftp
             }
             (tls, config) => {
+                let explicit = matches!(tls, FtpTls::Explicit);
                 let plain =
-                    self.timed("connecting", ImplAsyncFtpStream::connect(&address)).await.map_err(at_address)?;
+                    self.timed("connecting", ImplAsyncFtpStream::connect(&address)).await.map_err(|failure| {
+                        // An implicit-TLS server waits for a TLS handshake and
+                        // never sends the plain greeting.
+                        let hint = if explicit && failure.message.contains("timed out") {
+                            "; if the server expects TLS from the first byte (implicit FTPS, often port 990), set \
+                         tls = \"implicit\""
+                        } else {
+                            ""
+                        };
+                        at_address(Failure { message: format!("{}{hint}", failure.message), ..failure })
+                    })?;
                 match (tls, config) {
                     (FtpTls::Explicit, Some(config)) => {
                         let connector =
                             AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(Arc::clone(config)));
-                        self.timed("starting TLS", plain.into_secure(connector, &self.settings.host))
-                            .await
-                            .map_err(at_address)?
+                        self.timed("starting TLS", plain.into_secure(connector, &self.settings.host)).await.map_err(
+                            |failure| {
+                                let hint = if failure.message.starts_with("server replied 5") {
+                                    "; the server does not offer AUTH TLS: enable TLS on it, or set tls = \"none\" \
+                                     on a trusted network only"
+                                } else {
+                                    ""
+                                };
+                                at_address(Failure { message: format!("{}{hint}", failure.message), ..failure })
+                            },
+                        )?
                     }
                     _ => plain,
                 }

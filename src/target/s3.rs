@@ -163,7 +163,7 @@ impl S3Target {
         };
         // object_store's message includes its direct cause but not always
         // the root one (a refused connection, a TLS failure): add it.
-        let mut message = shorten_error_body(&format!("{err}"));
+        let mut message = shorten_error_body(&condense_http_error(&format!("{err}")));
         let mut root = std::error::Error::source(&err);
         while let Some(cause) = root.and_then(std::error::Error::source) {
             root = Some(cause);
@@ -339,7 +339,31 @@ fn shorten_error_body(message: &str) -> String {
     format!("{}{summary}{}", &message[..start], &document[end..])
 }
 
-/// The S3 error code in a message shortened by [`shorten_error_body`].
+/// Reduces object_store's nested "Error performing list request: Error
+/// performing GET <url> in 1.2ms - Server returned non-2xx status code:
+/// <status>" to "GET <url>: <status>".
+fn condense_http_error(message: &str) -> String {
+    const STATUS: &str = " - Server returned non-2xx status code: ";
+    const REQUEST: &str = "Error performing ";
+    let Some((head, status)) = message.split_once(STATUS) else {
+        return message.to_string();
+    };
+    let Some(start) = head.rfind(REQUEST) else {
+        return message.to_string();
+    };
+    let status = status.trim_end().trim_end_matches(':');
+    let request = &head[start + REQUEST.len()..];
+    let request = request.rsplit_once(" in ").map_or(request, |(request, _)| request);
+    // "Error after 2 retries in 3.1s, max_retries: …" when retries ran out.
+    let retries = head
+        .split_once("Error after ")
+        .and_then(|(_, rest)| rest.split_once(" in "))
+        .map(|(count, _)| format!(" (after {count})"))
+        .unwrap_or_default();
+    format!("{request}: {status}{retries}")
+}
+
+/// Finds the S3 error code in a message shortened by [`shorten_error_body`].
 fn error_code(message: &str) -> Option<&'static str> {
     ["NoSuchBucket", "SignatureDoesNotMatch", "InvalidAccessKeyId"].into_iter().find(|code| message.contains(code))
 }
@@ -564,6 +588,29 @@ mod tests {
             shorten_error_body(message),
             "Server returned non-2xx status code: 403 Forbidden: SignatureDoesNotMatch (The request signature we \
              calculated does not match)"
+        );
+    }
+
+    #[test]
+    fn nested_request_error_is_condensed() {
+        let message = "Generic S3 error: Error performing list request: Error performing GET \
+                       http://127.0.0.1:9000/backups?list-type=2 in 1.18ms - Server returned non-2xx status code: \
+                       403 Forbidden: <Error><Code>SignatureDoesNotMatch</Code></Error>";
+        assert_eq!(
+            shorten_error_body(&condense_http_error(message)),
+            "GET http://127.0.0.1:9000/backups?list-type=2: 403 Forbidden: SignatureDoesNotMatch"
+        );
+        assert_eq!(condense_http_error("connection refused"), "connection refused");
+    }
+
+    #[test]
+    fn retries_survive_condensing() {
+        let message = "Generic S3 error: Error after 2 retries in 3.2s, max_retries: 2, retry_timeout: 20s, \
+                       source: Error performing PUT http://127.0.0.1:9000/b/x in 5ms - Server returned non-2xx \
+                       status code: 500 Internal Server Error: ";
+        assert_eq!(
+            condense_http_error(message),
+            "PUT http://127.0.0.1:9000/b/x: 500 Internal Server Error (after 2 retries)"
         );
     }
 
