@@ -25,6 +25,9 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_CONFIG: u8 = 78;
 /// A backup was published on some of a job's targets but not on all.
 pub const EXIT_PARTIAL: u8 = 3;
+/// Another run of the job holds its lock (EX_TEMPFAIL in sysexits.h: try
+/// again later).
+pub const EXIT_LOCKED: u8 = 75;
 
 /// Back up Redis (RDB snapshots) to verified, compressed backups, and restore them.
 #[derive(Debug, Parser)]
@@ -260,6 +263,7 @@ async fn backup(config: &Config, job_name: Option<&str>, json: bool) -> anyhow::
     };
     let mut reports = Vec::new();
     let mut failed = false;
+    let mut locked = false;
     let mut partial = false;
     for job in jobs {
         match backup_job(config, job).await {
@@ -273,7 +277,11 @@ async fn backup(config: &Config, job_name: Option<&str>, json: bool) -> anyhow::
                 reports.push(serde_json::to_value(&report).expect("reports serialize"));
             }
             Err(err) => {
-                failed = true;
+                if matches!(err.downcast_ref::<crate::lock::Error>(), Some(crate::lock::Error::Busy { .. })) {
+                    locked = true;
+                } else {
+                    failed = true;
+                }
                 // Standard error carries the log, which may be JSON: the
                 // failure goes there as a log event and to standard output
                 // with the other results.
@@ -290,6 +298,8 @@ async fn backup(config: &Config, job_name: Option<&str>, json: bool) -> anyhow::
     }
     Ok(if failed {
         EXIT_FAILURE
+    } else if locked {
+        EXIT_LOCKED
     } else if partial {
         EXIT_PARTIAL
     } else {

@@ -78,7 +78,7 @@ fn overlapping_run_is_refused() {
     let held = sessbackup::lock::acquire_in(&setup.path("run"), "sessions").unwrap();
 
     let output = setup.run(&["backup"]);
-    assert_exit(&output, 1, "backup while another run of the job holds the lock");
+    assert_exit(&output, 75, "backup while another run of the job holds the lock");
     let message = stderr(&output);
     assert!(message.contains("another backup of job sessions is running"), "{message}");
     assert!(message.contains(&format!("process {}", std::process::id())), "{message}");
