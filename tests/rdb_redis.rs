@@ -142,6 +142,50 @@ fn every_encoding_from_redis_is_accepted() {
     assert_eq!(summary.aux_field("redis-ver"), Some("7.0.15"));
 }
 
+#[test]
+fn records_match_dump_of_redis() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    let bytes = rich_rdb(&redis);
+    let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&records);
+    let summary = rdb::walk_records(std::io::Cursor::new(bytes), move |record| {
+        sink.lock().unwrap().push(record);
+        Ok(())
+    })
+    .unwrap();
+    let records = records.lock().unwrap().clone();
+    assert_eq!(records.iter().filter(|record| matches!(record, rdb::Record::Key(_))).count() as u64, summary.keys());
+
+    let mut connection = redis.connection();
+    for record in &records {
+        match record {
+            rdb::Record::Key(key) => {
+                let name = String::from_utf8_lossy(&key.key).into_owned();
+                redis::cmd("SELECT").arg(key.db).query::<()>(&mut connection).unwrap();
+                let dumped: Vec<u8> = redis::cmd("DUMP").arg(&key.key).query(&mut connection).unwrap();
+                assert_eq!(key.payload, dumped, "payload of {name} differs from DUMP");
+                let expire: i64 = redis::cmd("PEXPIRETIME").arg(&key.key).query(&mut connection).unwrap();
+                assert_eq!(key.expire_at_ms.unwrap_or(-1), expire, "expiry of {name}");
+                let kind: String = redis::cmd("TYPE").arg(&key.key).query(&mut connection).unwrap();
+                assert_eq!(key.type_name, kind, "type of {name}");
+            }
+            rdb::Record::Function(code) => {
+                let code = String::from_utf8(code.clone()).unwrap();
+                assert!(code.starts_with("#!lua name=sessions"), "{code}");
+            }
+        }
+    }
+}
+
+#[test]
+fn stopped_consumer_stops_walk() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    let bytes = rich_rdb(&redis);
+    let failure = rdb::walk_records(&bytes[..], |_| Err("the receiver is gone".to_string())).unwrap_err();
+    assert_eq!(failure.error.kind, rdb::ErrorKind::Stopped);
+    assert_eq!(failure.error.message, "the receiver is gone");
+}
+
 /// A small deterministic generator (xorshift64*), so failures reproduce.
 struct Rng(u64);
 

@@ -31,6 +31,10 @@ pub(crate) struct Input<R> {
     crc: Digest<'static, u64, Table<16>>,
     /// The reader returned 0 bytes: the stream ended.
     reader_done: bool,
+    /// Bytes consumed since `start_recording`, while recording.
+    record: Option<Vec<u8>>,
+    /// Bytes of `buf` before this index are already in `record`.
+    record_done: usize,
 }
 
 impl<R: Read> Input<R> {
@@ -44,6 +48,8 @@ impl<R: Read> Input<R> {
             base: 0,
             crc: CRC64.digest(),
             reader_done: false,
+            record: None,
+            record_done: 0,
         }
     }
 
@@ -61,6 +67,10 @@ impl<R: Read> Input<R> {
                 // Move the unconsumed tail to the front; the consumed part leaves the
                 // buffer, so it must enter the checksum first.
                 self.crc.update(&self.buf[self.crc_done..self.start]);
+                if let Some(record) = &mut self.record {
+                    record.extend_from_slice(&self.buf[self.record_done..self.start]);
+                }
+                self.record_done = 0;
                 self.buf.copy_within(self.start..self.end, 0);
                 self.base += self.start as u64;
                 self.end -= self.start;
@@ -160,6 +170,26 @@ impl<R: Read> Input<R> {
         self.crc.update(&self.buf[self.crc_done..self.start]);
         self.crc_done = self.start;
         self.crc.clone().finalize()
+    }
+
+    /// Starts keeping a copy of every byte consumed from here on.
+    pub(crate) fn start_recording(&mut self) {
+        self.record = Some(Vec::new());
+        self.record_done = self.start;
+    }
+
+    /// Stops recording and returns the bytes consumed since
+    /// `start_recording` (empty if it was not called).
+    pub(crate) fn take_recording(&mut self) -> Vec<u8> {
+        let mut record = self.record.take().unwrap_or_default();
+        record.extend_from_slice(&self.buf[self.record_done..self.start]);
+        record
+    }
+
+    /// Returns the buffered bytes not consumed yet and the reader, which
+    /// continues after them.
+    pub(crate) fn into_rest(self) -> (Vec<u8>, R) {
+        (self.buf[self.start..self.end].to_vec(), self.reader)
     }
 
     /// Counts the bytes left in the stream after the current position,

@@ -132,6 +132,8 @@ pub enum ErrorKind {
     Invalid,
     /// Reading the input failed; nothing is known about the rest of the file.
     Io,
+    /// The consumer of [`walk_records`] stopped the walk.
+    Stopped,
 }
 
 /// A rejected file: the byte offset where the problem was found and what was
@@ -185,6 +187,64 @@ pub fn walk<R: Read>(reader: R) -> Result<Summary, Failure> {
     }
 }
 
+/// Receives records from a walk; an error stops it.
+pub type RecordSink = Box<dyn FnMut(Record) -> Result<(), String>>;
+
+/// A key or function library, as [`walk_records`] meets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Key(KeyRecord),
+    /// The source code of a function library (`FUNCTION LOAD` takes it).
+    Function(Vec<u8>),
+}
+
+/// One key with its value in the form `DUMP` returns and `RESTORE` takes:
+/// the value type byte, the value as the RDB file encodes it, the file's RDB
+/// version (2 bytes, little-endian) and the CRC-64 of all that (8 bytes,
+/// little-endian).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub db: u64,
+    pub key: Vec<u8>,
+    /// Absolute expiry time in Unix milliseconds.
+    pub expire_at_ms: Option<i64>,
+    /// Redis's name of the value type (`string`, `hash`, …).
+    pub type_name: &'static str,
+    pub payload: Vec<u8>,
+}
+
+/// Walks a whole RDB file like [`walk`] and hands every key and function
+/// library to `on_record` in file order, after its value was checked. An
+/// error from `on_record` stops the walk with [`ErrorKind::Stopped`].
+pub fn walk_records<R: Read>(
+    reader: R,
+    on_record: impl FnMut(Record) -> Result<(), String> + 'static,
+) -> Result<Summary, Failure> {
+    let mut walker = Walker::new(reader);
+    walker.on_record = Some(Box::new(on_record));
+    match walker.run() {
+        Ok(()) => Ok(walker.summary),
+        Err(error) => Err(Failure { error, partial: Box::new(walker.summary) }),
+    }
+}
+
+/// Walks the RDB part at the start of `reader` (an AOF base or an AOF with
+/// an RDB preamble) up to its CRC-64 trailer, like [`walk_records`], and
+/// returns the summary with the bytes that follow: the buffered ones and
+/// the reader, which continues after them.
+pub fn walk_preamble<R: Read>(reader: R, on_record: Option<RecordSink>) -> Result<(Summary, Vec<u8>, R), Failure> {
+    let mut walker = Walker::new(reader);
+    walker.on_record = on_record;
+    walker.stop_after_trailer = true;
+    match walker.run() {
+        Ok(()) => {
+            let (rest, reader) = walker.input.into_rest();
+            Ok((walker.summary, rest, reader))
+        }
+        Err(error) => Err(Failure { error, partial: Box::new(walker.summary) }),
+    }
+}
+
 // Opcodes that can appear where a value type is expected.
 /// Redis 8.6+: module metadata attached to the next key.
 const OPCODE_KEY_META: u8 = 243;
@@ -221,6 +281,10 @@ pub(crate) struct Walker<R> {
     lzf: LzfDecoder,
     keys: dedup::FingerprintKeys,
     summary: Summary,
+    /// Receives every key and function library, for `walk_records`.
+    on_record: Option<RecordSink>,
+    /// End at the trailer and leave what follows unread, for `walk_preamble`.
+    stop_after_trailer: bool,
 }
 
 /// A length read with `rdbLoadLen`: plain lengths, or the 6-bit value of an
@@ -237,24 +301,26 @@ impl<R: Read> Walker<R> {
             lzf: LzfDecoder::new(0),
             keys: dedup::FingerprintKeys::new(),
             summary: Summary::new(),
+            on_record: None,
+            stop_after_trailer: false,
         }
     }
 
     fn run(&mut self) -> Result<(), Error> {
         self.read_magic()?;
         let mut db: u64 = 0;
-        let mut expire_pending = false;
+        let mut expire_at_ms: Option<i64> = None;
         loop {
             let opcode_offset = self.input.offset();
             let opcode = self.input.read_u8("an opcode or value type")?;
             match opcode {
                 OPCODE_EXPIRETIME => {
-                    self.input.read_array::<4>("an expire time in seconds")?;
-                    expire_pending = true;
+                    let seconds = i32::from_le_bytes(self.input.read_array::<4>("an expire time in seconds")?);
+                    expire_at_ms = Some(seconds as i64 * 1000);
                 }
                 OPCODE_EXPIRETIME_MS => {
-                    self.input.read_array::<8>("an expire time in milliseconds")?;
-                    expire_pending = true;
+                    expire_at_ms =
+                        Some(i64::from_le_bytes(self.input.read_array::<8>("an expire time in milliseconds")?));
                 }
                 OPCODE_FREQ => {
                     self.input.read_u8("an LFU frequency")?;
@@ -278,7 +344,12 @@ impl<R: Read> Walker<R> {
                 OPCODE_AUX => self.read_aux()?,
                 OPCODE_MODULE_AUX => self.read_module_aux(opcode_offset)?,
                 OPCODE_FUNCTION2 => {
-                    self.skip_string("a function library")?;
+                    if self.on_record.is_some() {
+                        let (code, _) = self.read_string_prefix("a function library", usize::MAX)?;
+                        self.emit(opcode_offset, Record::Function(code))?;
+                    } else {
+                        self.skip_string("a function library")?;
+                    }
                     self.summary.functions += 1;
                 }
                 OPCODE_FUNCTION_PRE_GA => {
@@ -301,8 +372,7 @@ impl<R: Read> Walker<R> {
                             format!("key metadata is followed by 0x{byte:02x}, expected a value type"),
                         ));
                     };
-                    self.read_key_value(db, kind, expire_pending)?;
-                    expire_pending = false;
+                    self.read_key_value(db, byte, kind, expire_at_ms.take())?;
                 }
                 OPCODE_SLOT_IMPORT if self.summary.format == Format::Valkey => {
                     self.read_slot_import(opcode_offset)?;
@@ -317,12 +387,19 @@ impl<R: Read> Walker<R> {
                             ),
                         ));
                     };
-                    self.read_key_value(db, kind, expire_pending)?;
-                    expire_pending = false;
+                    self.read_key_value(db, opcode, kind, expire_at_ms.take())?;
                 }
             }
         }
         self.read_trailer()
+    }
+
+    /// Hands a record to the consumer, if there is one.
+    fn emit(&mut self, offset: u64, record: Record) -> Result<(), Error> {
+        if let Some(on_record) = &mut self.on_record {
+            on_record(record).map_err(|message| Error { offset, message, kind: ErrorKind::Stopped })?;
+        }
+        Ok(())
     }
 
     fn read_magic(&mut self) -> Result<(), Error> {
@@ -392,7 +469,9 @@ impl<R: Read> Walker<R> {
             self.summary.checksum = Some(Checksum::Absent);
         }
         self.summary.rdb_bytes = self.input.offset();
-        self.summary.trailing_bytes = self.input.count_remaining()?;
+        if !self.stop_after_trailer {
+            self.summary.trailing_bytes = self.input.count_remaining()?;
+        }
         Ok(())
     }
 
@@ -474,9 +553,11 @@ impl<R: Read> Walker<R> {
     pub(crate) fn read_string_prefix(&mut self, wanted: &str, cap: usize) -> Result<(Vec<u8>, u64), Error> {
         let mut reader = self.open_string(wanted)?;
         let len = reader.len();
-        let keep = len.min(cap as u64) as usize;
-        let mut prefix = vec![0u8; keep];
-        reader.read_exact(&mut prefix)?;
+        let keep = len.min(cap as u64);
+        // The length comes from the file: grow with the bytes actually read,
+        // so a hostile length cannot allocate more than the file holds.
+        let mut prefix = Vec::with_capacity(keep.min(64 * 1024) as usize);
+        reader.feed(keep, &mut |chunk| prefix.extend_from_slice(chunk))?;
         reader.finish()?;
         Ok((prefix, len))
     }
@@ -583,12 +664,26 @@ impl<R: Read> Walker<R> {
         Ok(())
     }
 
-    fn read_key_value(&mut self, db: u64, kind: values::ValueType, has_expire: bool) -> Result<(), Error> {
+    fn read_key_value(
+        &mut self,
+        db: u64,
+        type_byte: u8,
+        kind: values::ValueType,
+        expire_at_ms: Option<i64>,
+    ) -> Result<(), Error> {
         let key_offset = self.input.offset();
-        let (key, key_len) = self.read_string_prefix("a key", KEY_PREFIX_BYTES)?;
+        let recording = self.on_record.is_some();
+        let cap = if recording { usize::MAX } else { KEY_PREFIX_BYTES };
+        let (key, key_len) = self.read_string_prefix("a key", cap)?;
         let value_offset = self.input.offset();
-        let checked = values::check_value(self, kind).map_err(|err| {
-            let mut shown = printable(&key);
+        if recording {
+            self.input.start_recording();
+        }
+        let checked = values::check_value(self, kind);
+        let value = if recording { self.input.take_recording() } else { Vec::new() };
+        let checked = checked.map_err(|err| {
+            let key = &key[..key.len().min(KEY_PREFIX_BYTES)];
+            let mut shown = printable(key);
             if key_len > key.len() as u64 {
                 shown.push('…');
             }
@@ -607,12 +702,29 @@ impl<R: Read> Walker<R> {
         }
         let counts = self.summary.databases.entry(db).or_default();
         counts.keys += 1;
-        if has_expire {
+        if expire_at_ms.is_some() {
             counts.expires += 1;
         }
         *self.summary.types.entry(kind.type_name()).or_default() += 1;
+        if recording {
+            let payload = dump_payload(type_byte, &value, self.summary.version);
+            let record = KeyRecord { db, key, expire_at_ms, type_name: kind.type_name(), payload };
+            self.emit(key_offset, Record::Key(record))?;
+        }
         Ok(())
     }
+}
+
+/// Builds a `DUMP` payload: the value type byte, the encoded value, the RDB
+/// version and the CRC-64 of everything before it.
+fn dump_payload(type_byte: u8, value: &[u8], rdb_version: u32) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(1 + value.len() + 10);
+    payload.push(type_byte);
+    payload.extend_from_slice(value);
+    payload.extend_from_slice(&(rdb_version as u16).to_le_bytes());
+    let crc = input::CRC64.checksum(&payload);
+    payload.extend_from_slice(&crc.to_le_bytes());
+    payload
 }
 
 /// Redis's 9-character module type name from a module id.
