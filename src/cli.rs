@@ -12,6 +12,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::live::{self, OnConflict};
+
 use crate::config::{self, Config, TargetKind};
 use crate::manifest::Manifest;
 use crate::pipeline;
@@ -113,22 +115,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Verify a backup, then write its RDB file.
-    Restore {
-        #[arg(long, value_name = "NAME")]
-        job: Option<String>,
-        #[arg(long, value_name = "NAME")]
-        target: Option<String>,
-        /// Backup id, or "latest".
-        #[arg(default_value = "latest", value_name = "ID|latest")]
-        backup: String,
-        /// File to write the RDB to (written atomically).
-        #[arg(long, value_name = "FILE")]
-        to: PathBuf,
-        /// Replace FILE if it exists.
-        #[arg(long)]
-        force: bool,
-    },
+    /// Verify a backup, then write its RDB file or load it into a server.
+    Restore(RestoreArgs),
     /// Check a local RDB file and describe it; needs no configuration.
     Inspect {
         /// RDB file to check.
@@ -143,6 +131,57 @@ pub enum Command {
         #[arg(long)]
         probe: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["to", "into"])))]
+pub struct RestoreArgs {
+    #[arg(long, value_name = "NAME")]
+    job: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    target: Option<String>,
+    /// Backup id, or "latest".
+    #[arg(default_value = "latest", value_name = "ID|latest")]
+    backup: String,
+    /// Restore this local RDB file instead of a backup (checked first like
+    /// a backup; needs no configuration).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["job", "target", "to"])]
+    rdb: Option<PathBuf>,
+    /// Write the RDB to this file (written atomically).
+    #[arg(long, value_name = "FILE")]
+    to: Option<PathBuf>,
+    /// Replace FILE if it exists.
+    #[arg(long, requires = "to")]
+    force: bool,
+    /// Load the backup into this running server (redis://, rediss:// or
+    /// unix://) with RESTORE, keeping expiry times.
+    #[arg(long, value_name = "URL")]
+    into: Option<String>,
+    /// Empty every database of the server (FLUSHALL) before loading.
+    #[arg(long, requires = "into")]
+    flush: bool,
+    /// What to do with keys that already exist on the server.
+    #[arg(long, value_enum, default_value_t = OnConflict::Fail, requires = "into")]
+    on_conflict: OnConflict,
+    /// ACL user name for --into.
+    #[arg(long, value_name = "NAME", requires = "into")]
+    username: Option<String>,
+    /// Environment variable that holds the password for --into.
+    #[arg(long, value_name = "VARIABLE", requires = "into", conflicts_with = "password_file")]
+    password_env: Option<String>,
+    /// File that holds the password for --into.
+    #[arg(long, value_name = "FILE", requires = "into")]
+    password_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) trusted for a rediss:// URL.
+    #[arg(long, value_name = "FILE", requires = "into")]
+    tls_ca_file: Option<PathBuf>,
+    /// Verify and check everything, print the plan, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Folder for the verified RDB copy that --into loads from (default: the
+    /// system's temporary folder); it needs room for the whole RDB.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
 }
 
 /// Parses arguments, runs the command and returns the exit code.
@@ -188,6 +227,9 @@ fn init_logging(cli: &Cli) {
 async fn run(cli: Cli) -> u8 {
     let result = match &cli.command {
         Command::Inspect { file, json } => return inspect(file, *json),
+        Command::Restore(args) if args.rdb.is_some() => {
+            return finish(restore_local_rdb(args).await);
+        }
         Command::Check { probe } => return check(&cli.config, *probe).await,
         _ => {
             let config = match config::load(&cli.config) {
@@ -206,13 +248,16 @@ async fn run(cli: Cli) -> u8 {
                 Command::Verify { job, target, backup, json } => {
                     verify(&config, job.as_deref(), target.as_deref(), &backup, json).await
                 }
-                Command::Restore { job, target, backup, to, force } => {
-                    restore(&config, job.as_deref(), target.as_deref(), &backup, &to, force).await
-                }
+                Command::Restore(args) => restore(&config, &args).await,
                 Command::Inspect { .. } | Command::Check { .. } => unreachable!("handled above"),
             }
         }
     };
+    finish(result)
+}
+
+/// Prints a command's error and returns its exit code.
+fn finish(result: anyhow::Result<u8>) -> u8 {
     match result {
         Ok(code) => code,
         Err(err) => {
@@ -606,14 +651,122 @@ async fn verify(
     Ok(if verification.ok() { 0 } else { EXIT_FAILURE })
 }
 
-async fn restore(
-    config: &Config,
-    job: Option<&str>,
-    target: Option<&str>,
-    which: &str,
-    to: &Path,
-    force: bool,
-) -> anyhow::Result<u8> {
+async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
+    let (job, target) = (args.job.as_deref(), args.target.as_deref());
+    if let Some(to) = &args.to {
+        return restore_to_file(config, args, to).await;
+    }
+    let server = into_server(args)?;
+    let backup = select_backup(config, job, target, &args.backup).await?;
+    let scratch = work_folder(args)?;
+    let copy = scratch.path().join("dump.rdb");
+    restore::restore_to_file(&backup, &copy, false).await?;
+    println!(
+        "verified backup {} of job {} from target {} ({} keys, RDB version {})",
+        backup.manifest.id,
+        backup.manifest.job,
+        backup.target.name(),
+        backup.manifest.rdb.keys,
+        backup.manifest.rdb.version
+    );
+    load_into(&copy, backup.manifest.rdb.version, &server, args).await
+}
+
+/// Restores a local RDB file given with --rdb: checks it, then loads it.
+async fn restore_local_rdb(args: &RestoreArgs) -> anyhow::Result<u8> {
+    let path = args.rdb.as_deref().expect("called with --rdb");
+    let server = into_server(args)?;
+    let file = std::fs::File::open(path).map_err(|err| anyhow!("cannot open {}: {err}", path.display()))?;
+    let summary = tokio::task::spawn_blocking(move || rdb::walk(std::io::BufReader::with_capacity(256 * 1024, file)))
+        .await
+        .expect("walker thread panicked")
+        .map_err(|failure| anyhow!("{} is not a valid RDB file: {failure}; nothing was loaded", path.display()))?;
+    println!("checked {} ({} keys, RDB version {})", path.display(), summary.keys(), summary.version);
+    load_into(path, summary.version, &server, args).await
+}
+
+/// The server named by --into, with the credentials the options name.
+fn into_server(args: &RestoreArgs) -> anyhow::Result<RedisSource> {
+    let Some(url) = &args.into else { unreachable!("clap requires a mode, and --rdb supports only --into") };
+    let password = match (&args.password_env, &args.password_file) {
+        (Some(variable), _) => {
+            Some(config::SecretSource::Env { variable: variable.clone(), key: "--password-env".to_string() })
+        }
+        (None, Some(path)) => {
+            Some(config::SecretSource::File { path: path.clone(), key: "--password-file".to_string() })
+        }
+        (None, None) => None,
+    };
+    let settings = config::RedisSettings::from_url(url, args.username.clone(), password, args.tls_ca_file.clone())
+        .map_err(|message| UsageError(format!("--into: {message}")))?;
+    let password = match &settings.password {
+        Some(source) => Some(source.resolve().map_err(|message| anyhow!(message))?),
+        None => None,
+    };
+    Ok(RedisSource::new(&settings, password, None)?)
+}
+
+/// A private folder for a verified copy of the RDB, removed when dropped.
+fn work_folder(args: &RestoreArgs) -> anyhow::Result<tempfile::TempDir> {
+    let work_dir = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new()
+        .prefix(".sessbackup-restore-")
+        .tempdir_in(&work_dir)
+        .map_err(|err| anyhow!("cannot create a folder in {}: {err}; pass --work-dir", work_dir.display()))
+}
+
+async fn load_into(path: &Path, rdb_version: u32, server: &RedisSource, args: &RestoreArgs) -> anyhow::Result<u8> {
+    let options = live::LoadOptions { flush: args.flush, on_conflict: args.on_conflict, dry_run: args.dry_run };
+    let report = live::load(path, rdb_version, server, options).await?;
+    print_load_report(&report, server.display_url(), args);
+    // A dry run fails where the real run would refuse.
+    let refused = report.dry_run && !args.flush && report.existing > 0 && args.on_conflict == OnConflict::Fail;
+    Ok(if report.failed > 0 || refused { EXIT_FAILURE } else { 0 })
+}
+
+fn print_load_report(report: &live::LoadReport, url: &str, args: &RestoreArgs) {
+    if report.dry_run {
+        println!("dry run: nothing was changed on {url} (Redis {})", report.server_version);
+        if args.flush {
+            println!("would empty every database (FLUSHALL), then load the keys");
+        } else {
+            println!(
+                "{} key(s) of the backup exist on the server; --on-conflict {} would {}",
+                report.existing,
+                args.on_conflict.to_possible_value().expect("no skipped values").get_name(),
+                match args.on_conflict {
+                    OnConflict::Fail if report.existing > 0 => "refuse the restore",
+                    OnConflict::Fail => "load every key",
+                    OnConflict::Replace => "overwrite them",
+                    OnConflict::Skip => "keep them as they are",
+                }
+            );
+        }
+        return;
+    }
+    println!(
+        "loaded {} key(s) into {url} (Redis {}){}; skipped {} already expired, {} existing; {} failed{}",
+        report.loaded,
+        report.server_version,
+        if report.flushed { " after emptying it" } else { "" },
+        report.skipped_expired,
+        report.skipped_existing,
+        report.failed,
+        if report.functions_loaded > 0 {
+            format!("; {} function library(ies)", report.functions_loaded)
+        } else {
+            String::new()
+        }
+    );
+    for failure in &report.failures {
+        println!("  failed: {failure}");
+    }
+    if report.failed > report.failures.len() as u64 {
+        println!("  … and {} more", report.failed - report.failures.len() as u64);
+    }
+}
+
+async fn restore_to_file(config: &Config, args: &RestoreArgs, to: &Path) -> anyhow::Result<u8> {
     // Checked before anything is downloaded, and again when the file is placed.
     if to.is_dir() {
         bail!(
@@ -622,11 +775,19 @@ async fn restore(
             to.join("dump.rdb").display()
         );
     }
-    if !force && to.symlink_metadata().is_ok() {
+    if !args.force && to.symlink_metadata().is_ok() {
         bail!("{} exists; pass --force to replace it", to.display());
     }
-    let backup = select_backup(config, job, target, which).await?;
-    let verification = restore::restore_to_file(&backup, to, force).await?;
+    let backup = select_backup(config, args.job.as_deref(), args.target.as_deref(), &args.backup).await?;
+    if args.dry_run {
+        let verification = restore::verify(&backup, None).await;
+        if !verification.ok() {
+            bail!("backup {} failed verification:\n  {}", verification.id, verification.problems().join("\n  "));
+        }
+        println!("dry run: backup {} verified; would write its RDB to {}", verification.id, to.display());
+        return Ok(0);
+    }
+    let verification = restore::restore_to_file(&backup, to, args.force).await?;
     println!(
         "restored backup {} of job {} from {} to {} ({} keys, {}), verified",
         verification.id,

@@ -2,6 +2,7 @@
 pub mod cli;
 pub mod config;
 pub mod fsutil;
+pub mod live;
 pub mod lock;
 pub mod manifest;
 pub mod pipeline;

@@ -37,9 +37,15 @@ const MIN_RDB_BYTES: u64 = 9 + 1 + 8;
 pub enum Error {
     #[error("cannot connect to Redis at {url}: {message}; {hint}")]
     Connect { url: String, message: String, hint: String },
-    #[error("Redis at {url} rejected the credentials: {message}; check username and password_env/password_file")]
+    #[error(
+        "Redis at {url} rejected the credentials: {message}; check the user name and the password (password_env or \
+         password_file in the job, --password-env or --password-file for restore --into)"
+    )]
     Auth { url: String, message: String },
-    #[error("Redis at {url} requires a password ({message}); set password_env or password_file in the job")]
+    #[error(
+        "Redis at {url} requires a password ({message}); set password_env or password_file in the job \
+         (--password-env or --password-file for restore --into)"
+    )]
     PasswordRequired { url: String, message: String },
     #[error("Redis command {command} failed: {message}")]
     Command { command: String, message: String },
@@ -148,9 +154,18 @@ impl RedisSource {
     }
 
     async fn connect(&self) -> Result<MultiplexedConnection, Error> {
+        self.connect_with_response_timeout(RESPONSE_TIMEOUT).await
+    }
+
+    /// Connects and checks the connection with PING; a command or pipeline
+    /// that gets no reply within `response_timeout` fails.
+    pub async fn connect_with_response_timeout(
+        &self,
+        response_timeout: Duration,
+    ) -> Result<MultiplexedConnection, Error> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            .set_response_timeout(Some(response_timeout));
         let mut connection = self
             .client
             .get_multiplexed_async_connection_with_config(&config)
@@ -419,7 +434,10 @@ async fn persistence_info(connection: &mut MultiplexedConnection) -> Result<Hash
     info_section(connection, "persistence").await
 }
 
-async fn info_section(connection: &mut MultiplexedConnection, section: &str) -> Result<HashMap<String, String>, Error> {
+pub async fn info_section(
+    connection: &mut MultiplexedConnection,
+    section: &str,
+) -> Result<HashMap<String, String>, Error> {
     let text: String = redis::cmd("INFO")
         .arg(section)
         .query_async(connection)
@@ -441,7 +459,7 @@ async fn server_info(connection: &mut MultiplexedConnection) -> Result<ServerInf
 }
 
 /// Reads the server's clock as (seconds, microseconds) with TIME.
-async fn server_clock(connection: &mut MultiplexedConnection) -> Result<(i64, i64), Error> {
+pub async fn server_clock(connection: &mut MultiplexedConnection) -> Result<(i64, i64), Error> {
     redis::cmd("TIME").query_async(connection).await.map_err(|err| command_error("TIME", err))
 }
 

@@ -64,6 +64,25 @@ pub struct RedisSettings {
 }
 
 impl RedisSettings {
+    /// Settings for a server named on the command line rather than in a job.
+    /// The URL must be `redis://`, `rediss://` or `unix://`.
+    pub fn from_url(
+        url: &str,
+        username: Option<String>,
+        password: Option<SecretSource>,
+        tls_ca_file: Option<PathBuf>,
+    ) -> Result<RedisSettings, String> {
+        check_redis_url(url).map_err(|message| format!("Redis URL {}: {message}", redact_url(url)))?;
+        Ok(RedisSettings {
+            url: url.to_string(),
+            username,
+            password,
+            tls_ca_file,
+            config_command: "CONFIG".to_string(),
+            connect_timeout: Duration::from_secs(10),
+        })
+    }
+
     /// Returns the URL including any password in it, for the client library only.
     pub fn url_with_credentials(&self) -> &str {
         &self.url

@@ -294,6 +294,17 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// Runs sessbackup with `args` and no configuration file.
+pub fn sessbackup(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sessbackup"))
+        .args(args)
+        .env_remove("SESSBACKUP_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run sessbackup")
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
