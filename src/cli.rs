@@ -114,6 +114,15 @@ pub enum Command {
         /// Print the verification as JSON.
         #[arg(long)]
         json: bool,
+        /// Also load the backup into a scratch redis-server and compare its
+        /// keys per database with the manifest.
+        #[arg(long)]
+        drill: bool,
+        #[command(flatten)]
+        scratch: ScratchArgs,
+        /// Folder for the drill's copy of the RDB and the scratch server.
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
     },
     /// Verify a backup, then write its RDB file or load it into a server.
     Restore(RestoreArgs),
@@ -134,7 +143,7 @@ pub enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("mode").required(true).args(["to", "into"])))]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["to", "into", "drill"])))]
 pub struct RestoreArgs {
     #[arg(long, value_name = "NAME")]
     job: Option<String>,
@@ -175,6 +184,12 @@ pub struct RestoreArgs {
     /// Extra CA certificate (PEM) trusted for a rediss:// URL.
     #[arg(long, value_name = "FILE", requires = "into")]
     tls_ca_file: Option<PathBuf>,
+    /// Start a scratch redis-server on the verified RDB, compare its keys
+    /// per database with the manifest, then stop it and remove its files.
+    #[arg(long)]
+    drill: bool,
+    #[command(flatten)]
+    scratch: ScratchArgs,
     /// Verify and check everything, print the plan, change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -182,6 +197,27 @@ pub struct RestoreArgs {
     /// system's temporary folder); it needs room for the whole RDB.
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
+}
+
+/// Options of the scratch redis-server that drills start.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScratchArgs {
+    /// redis-server binary for drills (default: redis-server on PATH).
+    #[arg(long, value_name = "PATH")]
+    redis_server: Option<PathBuf>,
+    /// How long the scratch server may take to load the RDB.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    load_timeout_secs: u64,
+}
+
+impl ScratchArgs {
+    fn drill_options(&self, work_dir: &Path) -> crate::drill::DrillOptions {
+        crate::drill::DrillOptions {
+            redis_server: crate::scratch::find_redis_server(self.redis_server.as_deref()),
+            work_dir: work_dir.to_path_buf(),
+            load_timeout: std::time::Duration::from_secs(self.load_timeout_secs),
+        }
+    }
 }
 
 /// Parses arguments, runs the command and returns the exit code.
@@ -245,8 +281,9 @@ async fn run(cli: Cli) -> u8 {
             match cli.command {
                 Command::Backup { job, json } => backup(&config, job.as_deref(), json).await,
                 Command::List { job, target, json } => list(&config, job.as_deref(), target.as_deref(), json).await,
-                Command::Verify { job, target, backup, json } => {
-                    verify(&config, job.as_deref(), target.as_deref(), &backup, json).await
+                Command::Verify { job, target, backup, json, drill, scratch, work_dir } => {
+                    let drill = drill.then(|| scratch.drill_options(&work_dir.unwrap_or_else(std::env::temp_dir)));
+                    verify(&config, job.as_deref(), target.as_deref(), &backup, json, drill).await
                 }
                 Command::Restore(args) => restore(&config, &args).await,
                 Command::Inspect { .. } | Command::Check { .. } => unreachable!("handled above"),
@@ -622,12 +659,43 @@ async fn verify(
     target: Option<&str>,
     which: &str,
     json: bool,
+    drill: Option<crate::drill::DrillOptions>,
 ) -> anyhow::Result<u8> {
     let backup = select_backup(config, job, target, which).await?;
-    let verification = restore::verify(&backup, None).await;
+    // A drill needs the RDB on disk; plain verification streams it.
+    let scratch = match &drill {
+        Some(options) => {
+            Some(tempfile::Builder::new().prefix(".sessbackup-drill-").tempdir_in(&options.work_dir).map_err(
+                |err| anyhow!("cannot create a folder in {}: {err}; pass --work-dir", options.work_dir.display()),
+            )?)
+        }
+        None => None,
+    };
+    let sink = match &scratch {
+        Some(folder) => {
+            let path = folder.path().join("dump.rdb");
+            Some(std::fs::File::create(&path).map_err(|err| anyhow!("cannot create {}: {err}", path.display()))?)
+        }
+        None => None,
+    };
+    let verification = restore::verify(&backup, sink).await;
+    let drilled = match (&drill, &scratch) {
+        (Some(options), Some(folder)) if verification.ok() => Some(
+            crate::drill::drill(&folder.path().join("dump.rdb"), &backup.manifest.rdb.databases, options)
+                .await
+                .map_err(|err| anyhow!("drill failed: {err}")),
+        ),
+        _ => None,
+    };
+    let drill_ok = drilled.as_ref().is_none_or(|result| result.as_ref().is_ok_and(|report| report.ok));
     if json {
         let mut value = serde_json::to_value(&verification).expect("verification serializes");
-        value["ok"] = verification.ok().into();
+        value["ok"] = (verification.ok() && drill_ok).into();
+        match &drilled {
+            Some(Ok(report)) => value["drill"] = serde_json::to_value(report).expect("drill reports serialize"),
+            Some(Err(err)) => value["drill"] = serde_json::json!({ "ok": false, "error": format!("{err:#}") }),
+            None => {}
+        }
         println!("{}", serde_json::to_string_pretty(&value).expect("JSON values serialize"));
     } else {
         for check in &verification.checks {
@@ -647,14 +715,50 @@ async fn verify(
             verification.target,
             if verification.ok() { "verified" } else { "FAILED verification" }
         );
+        match &drilled {
+            Some(Ok(report)) => print_drill(report),
+            Some(Err(err)) => println!("FAIL {err:#}"),
+            None => {}
+        }
     }
-    Ok(if verification.ok() { 0 } else { EXIT_FAILURE })
+    Ok(if verification.ok() && drill_ok { 0 } else { EXIT_FAILURE })
+}
+
+fn print_drill(report: &crate::drill::DrillReport) {
+    for db in &report.databases {
+        let mark = if db.ok { "ok  " } else { "FAIL" };
+        let expired = if db.expired_when_counted > 0 {
+            format!(" ({} to {} had expired, which Redis drops)", db.expired_before_start, db.expired_when_counted)
+        } else {
+            String::new()
+        };
+        println!("{mark} drill db{}: {} keys in the backup, {} loaded{expired}", db.db, db.expected, db.loaded);
+    }
+    println!(
+        "drill: redis-server {} loaded the RDB in {} ms: {}",
+        report.server_version,
+        report.load_ms,
+        if report.ok { "passed" } else { "FAILED" }
+    );
 }
 
 async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
     let (job, target) = (args.job.as_deref(), args.target.as_deref());
     if let Some(to) = &args.to {
         return restore_to_file(config, args, to).await;
+    }
+    if args.drill {
+        let backup = select_backup(config, job, target, &args.backup).await?;
+        let scratch = work_folder(args)?;
+        let copy = scratch.path().join("dump.rdb");
+        restore::restore_to_file(&backup, &copy, false).await?;
+        println!(
+            "verified backup {} of job {} from target {}",
+            backup.manifest.id,
+            backup.manifest.job,
+            backup.target.name()
+        );
+        return run_drill(&copy, &backup.manifest.rdb.databases, args).await;
     }
     let server = into_server(args)?;
     let backup = select_backup(config, job, target, &args.backup).await?;
@@ -672,9 +776,31 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
     load_into(&copy, backup.manifest.rdb.version, &server, args).await
 }
 
+async fn run_drill(rdb: &Path, expected: &[crate::manifest::DatabaseCounts], args: &RestoreArgs) -> anyhow::Result<u8> {
+    let work_dir = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let options = args.scratch.drill_options(&work_dir);
+    if args.dry_run {
+        println!("dry run: would start {} on a copy of the RDB and compare its keys", options.redis_server);
+        return Ok(0);
+    }
+    let report = crate::drill::drill(rdb, expected, &options).await.map_err(|err| anyhow!("drill failed: {err}"))?;
+    print_drill(&report);
+    Ok(if report.ok { 0 } else { EXIT_FAILURE })
+}
+
 /// Restores a local RDB file given with --rdb: checks it, then loads it.
 async fn restore_local_rdb(args: &RestoreArgs) -> anyhow::Result<u8> {
     let path = args.rdb.as_deref().expect("called with --rdb");
+    if args.drill {
+        let file = std::fs::File::open(path).map_err(|err| anyhow!("cannot open {}: {err}", path.display()))?;
+        let summary =
+            tokio::task::spawn_blocking(move || rdb::walk(std::io::BufReader::with_capacity(256 * 1024, file)))
+                .await
+                .expect("walker thread panicked")
+                .map_err(|failure| anyhow!("{} is not a valid RDB file: {failure}", path.display()))?;
+        println!("checked {} ({} keys, RDB version {})", path.display(), summary.keys(), summary.version);
+        return run_drill(path, &crate::manifest::database_counts(&summary), args).await;
+    }
     let server = into_server(args)?;
     let file = std::fs::File::open(path).map_err(|err| anyhow!("cannot open {}: {err}", path.display()))?;
     let summary = tokio::task::spawn_blocking(move || rdb::walk(std::io::BufReader::with_capacity(256 * 1024, file)))
@@ -687,7 +813,7 @@ async fn restore_local_rdb(args: &RestoreArgs) -> anyhow::Result<u8> {
 
 /// The server named by --into, with the credentials the options name.
 fn into_server(args: &RestoreArgs) -> anyhow::Result<RedisSource> {
-    let Some(url) = &args.into else { unreachable!("clap requires a mode, and --rdb supports only --into") };
+    let Some(url) = &args.into else { unreachable!("clap requires a mode, and --rdb supports --into and --drill") };
     let password = match (&args.password_env, &args.password_file) {
         (Some(variable), _) => {
             Some(config::SecretSource::Env { variable: variable.clone(), key: "--password-env".to_string() })

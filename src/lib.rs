@@ -1,6 +1,7 @@
 //! sessbackup: verified Redis backups.
 pub mod cli;
 pub mod config;
+pub mod drill;
 pub mod fsutil;
 pub mod live;
 pub mod lock;
@@ -8,6 +9,7 @@ pub mod manifest;
 pub mod pipeline;
 pub mod rdb;
 pub mod restore;
+pub mod scratch;
 pub mod secret;
 pub mod source;
 pub mod target;

@@ -166,3 +166,52 @@ fn newer_rdb_version_is_refused() {
     assert_success(&output, "restore --rdb of a 7.0 file");
     assert_eq!(target.digest(), source.digest());
 }
+
+#[test]
+fn verify_drill_loads_backup() {
+    let Some((_source, setup)) = backed_up_source() else { return };
+    let output = setup.run(&["verify", "--drill"]);
+    assert_success(&output, "verify --drill");
+    let text = stdout(&output);
+    assert!(text.contains("drill: redis-server 7.0.15 loaded the RDB"), "{text}");
+    assert!(text.contains("ok   drill db0:"), "{text}");
+    assert!(text.contains("ok   drill db1:"), "{text}");
+
+    let output = setup.run(&["verify", "--drill", "--json"]);
+    assert_success(&output, "verify --drill --json");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["drill"]["ok"], true);
+    assert_eq!(report["drill"]["databases"][0]["expected"], report["drill"]["databases"][0]["loaded"]);
+}
+
+#[test]
+fn restore_drill_allows_for_expired_keys() {
+    let Some((_source, setup)) = backed_up_source() else { return };
+    // The key set with PX 600 has expired by the time the drill loads.
+    std::thread::sleep(Duration::from_millis(700));
+    let work = tempfile::tempdir().unwrap();
+    let output = setup.run(&["restore", "--drill", "--work-dir", work.path().to_str().unwrap()]);
+    assert_success(&output, "restore --drill");
+    let text = stdout(&output);
+    assert!(text.contains("(1 to 1 had expired, which Redis drops)"), "{text}");
+    assert!(text.contains("passed"), "{text}");
+    let leftovers: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
+    assert!(leftovers.is_empty(), "files left in the work folder: {leftovers:?}");
+}
+
+#[test]
+fn drill_reports_server_refusal() {
+    let Some(source) = Redis::start(&[]) else { return };
+    fill_sessions(&source, 50);
+    let _: String = source.cmd(&["SAVE"]);
+    let dir = tempfile::tempdir().unwrap();
+    let newer = dir.path().join("from-7.2.rdb");
+    std::fs::write(&newer, with_rdb_version(&std::fs::read(source.rdb_path()).unwrap(), 11)).unwrap();
+
+    let output = common::sessbackup(&["restore", "--rdb", newer.to_str().unwrap(), "--drill"]);
+    assert_exit(&output, 1, "a drill of an RDB file the server cannot load");
+    let message = stderr(&output);
+    assert!(message.contains("the scratch redis-server stopped while starting or loading"), "{message}");
+    assert!(message.contains("Can't handle RDB format version 11"), "{message}");
+}
