@@ -125,7 +125,7 @@ pub enum Command {
         work_dir: Option<PathBuf>,
     },
     /// Verify a backup, then write its RDB file or load it into a server.
-    Restore(RestoreArgs),
+    Restore(Box<RestoreArgs>),
     /// Check a local RDB file and describe it; needs no configuration.
     Inspect {
         /// RDB file to check.
@@ -143,7 +143,7 @@ pub enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("mode").required(true).args(["to", "into", "drill"])))]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["to", "into", "drill", "data_dir"])))]
 pub struct RestoreArgs {
     #[arg(long, value_name = "NAME")]
     job: Option<String>,
@@ -184,6 +184,24 @@ pub struct RestoreArgs {
     /// Extra CA certificate (PEM) trusted for a rediss:// URL.
     #[arg(long, value_name = "FILE", requires = "into")]
     tls_ca_file: Option<PathBuf>,
+    /// Install into the data directory of a stopped Redis (its `dir`),
+    /// moving the files it replaces to a sessbackup-aside-<time> folder.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Redis's dbfilename setting.
+    #[arg(long, value_name = "NAME", default_value = "dump.rdb", requires = "data_dir")]
+    dbfilename: String,
+    /// Whether the server runs with appendonly yes; then the RDB also
+    /// becomes the base of a new multi-part AOF. Default: yes if the data
+    /// directory has an AOF.
+    #[arg(long, value_enum, requires = "data_dir")]
+    appendonly: Option<YesNo>,
+    /// Redis's appenddirname setting.
+    #[arg(long, value_name = "NAME", default_value = "appendonlydir", requires = "data_dir")]
+    appenddirname: String,
+    /// Redis's appendfilename setting.
+    #[arg(long, value_name = "NAME", default_value = "appendonly.aof", requires = "data_dir")]
+    appendfilename: String,
     /// Start a scratch redis-server on the verified RDB, compare its keys
     /// per database with the manifest, then stop it and remove its files.
     #[arg(long)]
@@ -199,10 +217,17 @@ pub struct RestoreArgs {
     work_dir: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum YesNo {
+    Yes,
+    No,
+}
+
 /// Options of the scratch redis-server that drills start.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScratchArgs {
-    /// redis-server binary for drills (default: redis-server on PATH).
+    /// redis-server binary for drills, and whose version --data-dir checks
+    /// (default: redis-server on PATH).
     #[arg(long, value_name = "PATH")]
     redis_server: Option<PathBuf>,
     /// How long the scratch server may take to load the RDB.
@@ -747,6 +772,30 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
     if let Some(to) = &args.to {
         return restore_to_file(config, args, to).await;
     }
+    if let Some(dir) = &args.data_dir {
+        let layout = data_dir_layout(args, dir)?;
+        let plan = check_data_dir(args, &layout)?;
+        if args.dry_run {
+            let backup = select_backup(config, job, target, &args.backup).await?;
+            let verification = restore::verify(&backup, None).await;
+            if !verification.ok() {
+                bail!("backup {} failed verification:\n  {}", verification.id, verification.problems().join("\n  "));
+            }
+            print_data_dir_plan(&layout, &plan, true);
+            return Ok(0);
+        }
+        let backup = select_backup(config, job, target, &args.backup).await?;
+        let staging = staging_in(dir)?;
+        let verified = staging.path().join(&layout.dbfilename);
+        restore::restore_to_file(&backup, &verified, false).await?;
+        println!(
+            "verified backup {} of job {} from target {}",
+            backup.manifest.id,
+            backup.manifest.job,
+            backup.target.name()
+        );
+        return install_data_dir(&layout, &verified, backup.manifest.rdb.keys);
+    }
     if args.drill {
         let backup = select_backup(config, job, target, &args.backup).await?;
         let scratch = work_folder(args)?;
@@ -776,6 +825,113 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
     load_into(&copy, backup.manifest.rdb.version, &server, args).await
 }
 
+fn data_dir_layout(args: &RestoreArgs, dir: &Path) -> anyhow::Result<crate::datadir::Layout> {
+    let appendonly = match args.appendonly {
+        Some(choice) => choice == YesNo::Yes,
+        None => {
+            let found = [&args.appenddirname, &args.appendfilename]
+                .into_iter()
+                .map(|name| dir.join(name))
+                .find(|path| path.symlink_metadata().is_ok());
+            if let Some(path) = &found {
+                println!(
+                    "{} exists, so the server runs with appendonly yes; pass --appendonly no if it does not",
+                    path.display()
+                );
+            }
+            found.is_some()
+        }
+    };
+    Ok(crate::datadir::Layout {
+        dir: dir.to_path_buf(),
+        dbfilename: args.dbfilename.clone(),
+        appendonly,
+        appenddirname: args.appenddirname.clone(),
+        appendfilename: args.appendfilename.clone(),
+    })
+}
+
+/// Refuses a directory a server uses, or an AOF layout the server's version
+/// cannot load, and returns the install plan.
+fn check_data_dir(args: &RestoreArgs, layout: &crate::datadir::Layout) -> anyhow::Result<crate::datadir::Plan> {
+    let holders = crate::datadir::servers_using(&layout.dir);
+    if !holders.is_empty() {
+        return Err(crate::datadir::Error::InUse(holders).into());
+    }
+    if layout.appendonly {
+        let binary = crate::scratch::find_redis_server(args.scratch.redis_server.as_deref());
+        let version = crate::datadir::binary_version(&binary);
+        let legacy =
+            layout.dir.join(&layout.appendfilename).is_file() && !layout.dir.join(&layout.appenddirname).exists();
+        if version.is_some_and(|(major, _)| major < 7) || (version.is_none() && legacy) {
+            let found = match version {
+                Some((major, minor)) => format!("{binary} is Redis {major}.{minor}"),
+                None => format!("{} is a single-file AOF", layout.dir.join(&layout.appendfilename).display()),
+            };
+            bail!(
+                "{found}, which predates multi-part AOF (Redis 7.0), so the backup cannot become an AOF base. \
+                 Instead:\n  1. sessbackup restore ... --data-dir {dir} --appendonly no\n  2. start Redis with \
+                 appendonly no, so that it loads {dbfilename}\n  3. redis-cli CONFIG SET appendonly yes, and wait \
+                 until INFO persistence shows aof_rewrite_in_progress:0\n  4. set appendonly yes in redis.conf \
+                 for the next start",
+                dir = layout.dir.display(),
+                dbfilename = layout.dbfilename,
+            );
+        }
+        if version.is_none() {
+            println!("note: could not run {binary} to read its version; the AOF base needs Redis 7.0 or newer");
+        }
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = crate::manifest::new_backup_id(now);
+    let stamp = stamp.split('-').next().unwrap_or(&stamp);
+    Ok(crate::datadir::plan(layout, stamp)?)
+}
+
+/// A private folder inside `dir`, so that the verified file can be renamed
+/// into place (renames do not cross file systems).
+fn staging_in(dir: &Path) -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(".sessbackup-restore-")
+        .tempdir_in(dir)
+        .map_err(|err| anyhow!("cannot create a folder in {}: {err}", dir.display()))
+}
+
+fn print_data_dir_plan(layout: &crate::datadir::Layout, plan: &crate::datadir::Plan, dry_run: bool) {
+    let (move_verb, install_verb) = if dry_run { ("would move", "would install") } else { ("moved", "installed") };
+    if dry_run {
+        println!("dry run: nothing was changed in {}", layout.dir.display());
+    }
+    for path in &plan.moved {
+        println!("{move_verb} {} to {}/", path.display(), plan.aside.display());
+    }
+    for path in &plan.installed {
+        println!("{install_verb} {}", path.display());
+    }
+}
+
+fn install_data_dir(layout: &crate::datadir::Layout, verified: &Path, keys: u64) -> anyhow::Result<u8> {
+    // A server may have started while the backup downloaded.
+    let plan = {
+        let holders = crate::datadir::servers_using(&layout.dir);
+        if !holders.is_empty() {
+            return Err(crate::datadir::Error::InUse(holders).into());
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let stamp = crate::manifest::new_backup_id(now);
+        crate::datadir::plan(layout, stamp.split('-').next().unwrap_or(&stamp))?
+    };
+    crate::datadir::install(layout, &plan, verified)?;
+    print_data_dir_plan(layout, &plan, false);
+    println!(
+        "start Redis with dir {}, dbfilename {} and appendonly {}; it should report {keys} keys (fewer if some expired)",
+        layout.dir.display(),
+        layout.dbfilename,
+        if layout.appendonly { "yes" } else { "no" }
+    );
+    Ok(0)
+}
+
 async fn run_drill(rdb: &Path, expected: &[crate::manifest::DatabaseCounts], args: &RestoreArgs) -> anyhow::Result<u8> {
     let work_dir = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let options = args.scratch.drill_options(&work_dir);
@@ -791,6 +947,33 @@ async fn run_drill(rdb: &Path, expected: &[crate::manifest::DatabaseCounts], arg
 /// Restores a local RDB file given with --rdb: checks it, then loads it.
 async fn restore_local_rdb(args: &RestoreArgs) -> anyhow::Result<u8> {
     let path = args.rdb.as_deref().expect("called with --rdb");
+    if let Some(dir) = &args.data_dir {
+        let layout = data_dir_layout(args, dir)?;
+        let plan = check_data_dir(args, &layout)?;
+        // A dry run checks the file in place; a real one checks the copy it installs.
+        let staging = if args.dry_run { None } else { Some(staging_in(dir)?) };
+        let verified = match &staging {
+            Some(staging) => staging.path().join(&layout.dbfilename),
+            None => path.to_path_buf(),
+        };
+        if staging.is_some() {
+            std::fs::copy(path, &verified).map_err(|err| anyhow!("cannot copy {}: {err}", path.display()))?;
+        }
+        let checked = verified.clone();
+        let summary = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&checked)?;
+            Ok::<_, std::io::Error>(rdb::walk(std::io::BufReader::with_capacity(256 * 1024, file)))
+        })
+        .await
+        .expect("walker thread panicked")
+        .map_err(|err| anyhow!("cannot read {}: {err}", path.display()))?
+        .map_err(|failure| anyhow!("{} is not a valid RDB file: {failure}; nothing was changed", path.display()))?;
+        if args.dry_run {
+            print_data_dir_plan(&layout, &plan, true);
+            return Ok(0);
+        }
+        return install_data_dir(&layout, &verified, summary.keys());
+    }
     if args.drill {
         let file = std::fs::File::open(path).map_err(|err| anyhow!("cannot open {}: {err}", path.display()))?;
         let summary =

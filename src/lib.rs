@@ -1,6 +1,7 @@
 //! sessbackup: verified Redis backups.
 pub mod cli;
 pub mod config;
+pub mod datadir;
 pub mod drill;
 pub mod fsutil;
 pub mod live;

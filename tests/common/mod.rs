@@ -65,15 +65,26 @@ impl Redis {
     }
 
     pub fn start_with(extra: &[&str], config_file: Option<&str>) -> Option<Redis> {
-        Self::start_full(extra, config_file, None)
+        Self::start_full(extra, config_file, None, None)
     }
 
     /// Starts a server that loads `rdb` as its dump.rdb at start-up.
     pub fn start_on_rdb(rdb: &Path) -> Option<Redis> {
-        Self::start_full(&[], None, Some(rdb))
+        Self::start_full(&[], None, Some(rdb), None)
     }
 
-    fn start_full(extra: &[&str], config_file: Option<&str>, rdb: Option<&Path>) -> Option<Redis> {
+    /// Starts a server whose data directory is `dir`, which outlives it.
+    pub fn start_in(dir: &Path, extra: &[&str]) -> Option<Redis> {
+        Self::start_full(extra, None, None, Some(dir))
+    }
+
+    /// Stops the server without saving and waits until it has exited.
+    pub fn shutdown(mut self) {
+        let _ = redis::cmd("SHUTDOWN").arg("NOSAVE").query::<()>(&mut self.connection());
+        let _ = self.child.wait();
+    }
+
+    fn start_full(extra: &[&str], config_file: Option<&str>, rdb: Option<&Path>, data: Option<&Path>) -> Option<Redis> {
         if !redis_available() {
             return None;
         }
@@ -81,8 +92,14 @@ impl Redis {
         // A port found free can be taken before the server binds it: retry.
         for _attempt in 0..5 {
             let home = tempfile::tempdir().unwrap();
-            let dir = home.path().join("data");
-            std::fs::create_dir(&dir).unwrap();
+            let dir = match data {
+                Some(data) => data.to_path_buf(),
+                None => {
+                    let dir = home.path().join("data");
+                    std::fs::create_dir(&dir).unwrap();
+                    dir
+                }
+            };
             if let Some(rdb) = rdb {
                 std::fs::copy(rdb, dir.join("dump.rdb")).unwrap();
             }
