@@ -126,9 +126,10 @@ pub enum Command {
     },
     /// Verify a backup, then write its RDB file or load it into a server.
     Restore(Box<RestoreArgs>),
-    /// Check a local RDB file and describe it; needs no configuration.
+    /// Check a local RDB file, AOF file or multi-part AOF and describe it;
+    /// needs no configuration.
     Inspect {
-        /// RDB file to check.
+        /// RDB file, AOF file, AOF manifest, or appendonlydir/.
         file: PathBuf,
         /// Print a JSON object instead of text.
         #[arg(long)]
@@ -156,6 +157,19 @@ pub struct RestoreArgs {
     /// a backup; needs no configuration).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["job", "target", "to"])]
     rdb: Option<PathBuf>,
+    /// Rebuild the dataset from this AOF instead: a single AOF file, a
+    /// multi-part AOF manifest, or its appendonlydir/ (needs no
+    /// configuration). A scratch redis-server loads it and saves an RDB.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["job", "target", "rdb", "data_dir"])]
+    aof: Option<PathBuf>,
+    /// With --aof: load the AOF up to its last whole command when its last
+    /// file ends in the middle of one (the files are not changed).
+    #[arg(long, requires = "aof")]
+    truncate_tail: bool,
+    /// With --aof: stop at the first #TS: annotation after this time (RFC
+    /// 3339, or Unix seconds); needs aof-timestamp-enabled on the source.
+    #[arg(long, value_name = "TIME", requires = "aof")]
+    until: Option<String>,
     /// Write the RDB to this file (written atomically).
     #[arg(long, value_name = "FILE")]
     to: Option<PathBuf>,
@@ -287,7 +301,11 @@ fn init_logging(cli: &Cli) {
 
 async fn run(cli: Cli) -> u8 {
     let result = match &cli.command {
+        Command::Inspect { file, json } if is_aof(file) => return inspect_aof(file, *json),
         Command::Inspect { file, json } => return inspect(file, *json),
+        Command::Restore(args) if args.aof.is_some() => {
+            return finish(restore_aof(args).await);
+        }
         Command::Restore(args) if args.rdb.is_some() => {
             return finish(restore_local_rdb(args).await);
         }
@@ -757,7 +775,7 @@ fn print_drill(report: &crate::drill::DrillReport) {
         } else {
             String::new()
         };
-        println!("{mark} drill db{}: {} keys in the backup, {} loaded{expired}", db.db, db.expected, db.loaded);
+        println!("{mark} drill db{}: {} keys expected, {} loaded{expired}", db.db, db.expected, db.loaded);
     }
     println!(
         "drill: redis-server {} loaded the RDB in {} ms: {}",
@@ -944,6 +962,199 @@ async fn run_drill(rdb: &Path, expected: &[crate::manifest::DatabaseCounts], arg
     Ok(if report.ok { 0 } else { EXIT_FAILURE })
 }
 
+/// Tells an AOF from an RDB file: a folder or manifest is a multi-part AOF;
+/// a file that starts with a command or an annotation, or is named *.aof,
+/// is an AOF (which may start with an RDB preamble).
+fn is_aof(path: &Path) -> bool {
+    if path.is_dir() || path.extension().is_some_and(|extension| extension == "manifest" || extension == "aof") {
+        return true;
+    }
+    let mut first = [0u8; 1];
+    std::fs::File::open(path)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut first))
+        .is_ok_and(|()| first[0] == b'*' || first[0] == b'#')
+}
+
+fn inspect_aof(path: &Path, json: bool) -> u8 {
+    let set = match crate::aof::open(path) {
+        Ok(set) => set,
+        Err(err) => {
+            if json {
+                let value = serde_json::json!({
+                    "file": path.display().to_string(),
+                    "valid": false,
+                    "error": { "message": err.to_string() },
+                });
+                println!("{}", serde_json::to_string_pretty(&value).expect("JSON values serialize"));
+            } else {
+                eprintln!("error: {err}");
+            }
+            return EXIT_FAILURE;
+        }
+    };
+    let inspection = crate::aof::inspect(&set, None);
+    if json {
+        let mut value = serde_json::json!({
+            "file": path.display().to_string(),
+            "kind": set.kind,
+            "valid": inspection.valid(),
+            "commands": inspection.commands,
+            "files": inspection.files,
+        });
+        if let Some(manifest) = &set.manifest {
+            value["manifest"] = manifest.display().to_string().into();
+        }
+        if let Some(problem) = &inspection.problem {
+            value["error"] = serde_json::json!({
+                "file": problem.file,
+                "offset": problem.offset,
+                "message": problem.message,
+                "torn_tail": problem.torn,
+            });
+        }
+        println!("{}", serde_json::to_string_pretty(&value).expect("JSON values serialize"));
+    } else {
+        match &set.manifest {
+            Some(manifest) => println!("multi-part AOF: {}", manifest.display()),
+            None => println!("AOF file: {}", path.display()),
+        }
+        for file in &inspection.files {
+            let role = match file.role {
+                crate::aof::FileType::Base if set.kind == crate::aof::Kind::MultiPart => "base",
+                crate::aof::FileType::Base => "file",
+                _ => "incr",
+            };
+            let rdb = match (file.rdb_version, file.rdb_keys) {
+                (Some(version), Some(keys)) => format!("RDB version {version} with {keys} keys, then "),
+                _ => String::new(),
+            };
+            let times = match (file.first_timestamp, file.last_timestamp) {
+                (Some(first), Some(last)) => format!(", #TS: {first} to {last}"),
+                _ => String::new(),
+            };
+            println!("{role} {}: {} bytes, {rdb}{} commands{times}", file.name, file.bytes, file.commands);
+        }
+        println!("total: {} commands", inspection.commands);
+        match &inspection.problem {
+            None => println!("verdict: valid"),
+            Some(problem) if problem.torn => println!(
+                "verdict: INVALID: torn tail in {} at offset {}: {}; restore --aof --truncate-tail loads it up to \
+                 there",
+                problem.file, problem.offset, problem.message
+            ),
+            Some(problem) => {
+                println!("verdict: INVALID: {} at offset {}: {}", problem.file, problem.offset, problem.message)
+            }
+        }
+    }
+    if inspection.valid() { 0 } else { EXIT_FAILURE }
+}
+
+/// Parses --until: RFC 3339 or Unix seconds.
+fn parse_until(text: &str) -> anyhow::Result<i64> {
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Ok(seconds);
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|at| at.unix_timestamp())
+        .map_err(|_| {
+            UsageError(format!("--until {text:?} is not a time; use RFC 3339 (2026-12-04T19:30:00Z) or Unix seconds"))
+                .into()
+        })
+}
+
+/// Rebuilds a dataset from an AOF in a scratch server, then writes, drills
+/// or loads the RDB it saves.
+async fn restore_aof(args: &RestoreArgs) -> anyhow::Result<u8> {
+    let path = args.aof.as_deref().expect("called with --aof");
+    if args.data_dir.is_some() {
+        bail!("--aof works with --to, --into or --drill");
+    }
+    let until = args.until.as_deref().map(parse_until).transpose()?;
+    let set = crate::aof::open(path)?;
+    let inspection = crate::aof::inspect(&set, until);
+    if let Some(problem) = &inspection.problem {
+        if !(problem.torn && args.truncate_tail) {
+            let advice = if problem.torn {
+                "; pass --truncate-tail to load it up to the last whole command"
+            } else {
+                "; the files were not changed"
+            };
+            bail!("{} at offset {}: {}{advice}", problem.file, problem.offset, problem.message);
+        }
+        println!(
+            "torn tail in {} at offset {}: loading up to there ({})",
+            problem.file, problem.offset, problem.message
+        );
+    }
+    if inspection.no_timestamps {
+        bail!("{} has no #TS: annotations (aof-timestamp-enabled was off), so --until cannot cut it", path.display());
+    }
+    if let (Some(until), Some(cut)) = (until, inspection.cut.filter(|_| inspection.problem.is_none())) {
+        println!("stopping at the first annotation after {until}: {} offset {}", set.files[cut.file].name, cut.offset);
+    }
+    println!(
+        "checked {} ({} file(s), {} commands to replay)",
+        path.display(),
+        inspection.files.len(),
+        inspection.commands
+    );
+
+    let scratch_args = &args.scratch;
+    let work_dir = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let options = scratch_args.drill_options(&work_dir);
+    if args.dry_run {
+        println!("dry run: would rebuild the dataset in {} and {}", options.redis_server, aof_mode(args));
+        return Ok(0);
+    }
+    let server = crate::scratch::ScratchServer::start(
+        &options.redis_server,
+        &work_dir,
+        crate::scratch::Dataset::Aof(&set, inspection.cut),
+        &[],
+        options.load_timeout,
+    )
+    .await?;
+    let rebuilt = server.save().await?;
+    let checked = rebuilt.clone();
+    let summary = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&checked)?;
+        Ok::<_, std::io::Error>(rdb::walk(std::io::BufReader::with_capacity(256 * 1024, file)))
+    })
+    .await
+    .expect("walker thread panicked")?
+    .map_err(|failure| anyhow!("the RDB saved by the scratch server is invalid: {failure}"))?;
+    let counts: Vec<String> = summary.databases.iter().map(|(db, counts)| format!("db{db}={}", counts.keys)).collect();
+    println!(
+        "rebuilt {} keys ({})",
+        summary.keys(),
+        if counts.is_empty() { "empty".to_string() } else { counts.join(" ") }
+    );
+
+    if let Some(to) = &args.to {
+        crate::fsutil::install_copy(&rebuilt, to, args.force)?;
+        println!("wrote {} (RDB version {}), checked", to.display(), summary.version);
+        return Ok(0);
+    }
+    if args.drill {
+        let report = crate::drill::drill(&rebuilt, &crate::manifest::database_counts(&summary), &options)
+            .await
+            .map_err(|err| anyhow!("drill failed: {err}"))?;
+        print_drill(&report);
+        return Ok(if report.ok { 0 } else { EXIT_FAILURE });
+    }
+    let target = into_server(args)?;
+    load_into(&rebuilt, summary.version, &target, args).await
+}
+
+fn aof_mode(args: &RestoreArgs) -> String {
+    match (&args.to, &args.into) {
+        (Some(to), _) => format!("write its RDB to {}", to.display()),
+        (None, Some(url)) => format!("load it into {}", crate::config::redact_url(url)),
+        (None, None) => "drill it".to_string(),
+    }
+}
+
 /// Restores a local RDB file given with --rdb: checks it, then loads it.
 async fn restore_local_rdb(args: &RestoreArgs) -> anyhow::Result<u8> {
     let path = args.rdb.as_deref().expect("called with --rdb");
@@ -1125,6 +1336,7 @@ fn inspect(path: &Path, json: bool) -> u8 {
     if json {
         let mut value = serde_json::json!({
             "file": path.display().to_string(),
+            "kind": "rdb",
             "valid": error.is_none(),
             "format": summary.format,
             "rdb_version": summary.version,

@@ -28,6 +28,41 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Copies `from` to `to` without ever leaving a partial file at `to`: the
+/// copy goes to a hidden staging file next to `to` (mode 0600), is flushed
+/// to disk and renamed into place. An existing `to` is replaced only with
+/// `force`.
+pub fn install_copy(from: &Path, to: &Path, force: bool) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::OpenOptionsExt;
+    if to.is_dir() {
+        return Err(Error::new(ErrorKind::IsADirectory, format!("{} is a directory; give a file name", to.display())));
+    }
+    if !force && to.symlink_metadata().is_ok() {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!("{} exists; pass --force to replace it", to.display()),
+        ));
+    }
+    let parent = match to.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = to.file_name().ok_or_else(|| Error::new(ErrorKind::InvalidInput, "the path has no file name"))?;
+    let staging = parent.join(format!(".{}.sessbackup-partial-{:016x}", name.to_string_lossy(), rand::random::<u64>()));
+    let result = (|| {
+        let mut target = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staging)?;
+        std::io::copy(&mut std::fs::File::open(from)?, &mut target)?;
+        target.sync_all()?;
+        if force { std::fs::rename(&staging, to) } else { rename_no_replace(&staging, to) }
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&staging);
+    }
+    result?;
+    sync_dir_blocking(&parent)
+}
+
 /// Flushes a directory's entries (a rename or removal in it) to disk.
 pub fn sync_dir_blocking(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

@@ -1,4 +1,5 @@
 //! sessbackup: verified Redis backups.
+pub mod aof;
 pub mod cli;
 pub mod config;
 pub mod datadir;

@@ -38,6 +38,9 @@ pub enum Dataset<'a> {
     Empty,
     /// This RDB file, hard-linked or copied in as dump.rdb.
     Rdb(&'a Path),
+    /// These AOF files up to the cut, loaded with appendonly yes; Redis
+    /// refuses a torn tail instead of dropping it.
+    Aof(&'a crate::aof::AofSet, Option<crate::aof::Cut>),
 }
 
 pub struct ScratchServer {
@@ -62,12 +65,25 @@ impl ScratchServer {
             .tempdir_in(parent)
             .map_err(|err| Error::Folder { path: parent.to_path_buf(), message: format!("{err}; pass --work-dir") })?;
         let data = folder.path();
-        if let Dataset::Rdb(rdb) = dataset {
-            let dump = data.join("dump.rdb");
-            // A hard link costs no space; across file systems, copy.
-            if std::fs::hard_link(rdb, &dump).is_err() {
-                std::fs::copy(rdb, &dump)
-                    .map_err(|err| Error::Folder { path: dump.clone(), message: err.to_string() })?;
+        let mut aof_args: Vec<String> = Vec::new();
+        match dataset {
+            Dataset::Empty => {}
+            Dataset::Rdb(rdb) => {
+                let dump = data.join("dump.rdb");
+                // A hard link costs no space; across file systems, copy.
+                if std::fs::hard_link(rdb, &dump).is_err() {
+                    std::fs::copy(rdb, &dump)
+                        .map_err(|err| Error::Folder { path: dump.clone(), message: err.to_string() })?;
+                }
+            }
+            Dataset::Aof(set, cut) => {
+                let appendfilename = crate::aof::stage(set, cut, data)
+                    .map_err(|err| Error::Folder { path: data.to_path_buf(), message: err.to_string() })?;
+                aof_args = ["--appendonly", "yes", "--appenddirname", "appendonlydir", "--appendfilename"]
+                    .into_iter()
+                    .map(String::from)
+                    .chain([appendfilename, "--aof-load-truncated".to_string(), "no".to_string()])
+                    .collect();
             }
         }
         let socket = data.join("redis.sock");
@@ -82,6 +98,7 @@ impl ScratchServer {
             .arg(data)
             .args(["--dbfilename", "dump.rdb", "--logfile"])
             .arg(&log)
+            .args(&aof_args)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -95,6 +112,13 @@ impl ScratchServer {
 
     pub fn folder(&self) -> &Path {
         self.folder.path()
+    }
+
+    /// Saves the dataset with SAVE and returns the path of the RDB file.
+    pub async fn save(&self) -> Result<PathBuf, Error> {
+        let mut connection = self.connect().await?;
+        redis::cmd("SAVE").query_async::<()>(&mut connection).await.map_err(|err| self.command_error("SAVE", err))?;
+        Ok(self.folder.path().join("dump.rdb"))
     }
 
     /// Connects over the server's socket.
@@ -142,7 +166,9 @@ impl ScratchServer {
     fn log_tail(&self, more: &str) -> String {
         let mut text = std::fs::read_to_string(self.folder.path().join("redis.log")).unwrap_or_default();
         text.push_str(more);
-        let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+        // The overcommit warning appears on many hosts and explains nothing here.
+        let lines: Vec<&str> =
+            text.lines().filter(|line| !line.trim().is_empty() && !line.contains("Memory overcommit")).collect();
         let start = lines.len().saturating_sub(LOG_LINES_SHOWN);
         lines[start..].iter().map(|line| format!("  {line}")).collect::<Vec<_>>().join("\n")
     }
