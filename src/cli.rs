@@ -162,13 +162,17 @@ pub struct RestoreArgs {
     /// configuration). A scratch redis-server loads it and saves an RDB.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["job", "target", "rdb", "data_dir"])]
     aof: Option<PathBuf>,
-    /// With --aof: load the AOF up to its last whole command when its last
+    /// Rebuild from the AOF shipped with the backup (jobs with include_aof)
+    /// instead of its RDB.
+    #[arg(long, conflicts_with_all = ["rdb", "aof", "data_dir"])]
+    from_aof: bool,
+    /// With --aof or --from-aof: load the AOF up to its last whole command when its last
     /// file ends in the middle of one (the files are not changed).
-    #[arg(long, requires = "aof")]
+    #[arg(long)]
     truncate_tail: bool,
-    /// With --aof: stop at the first #TS: annotation after this time (RFC
+    /// With --aof or --from-aof: stop at the first #TS: annotation after this time (RFC
     /// 3339, or Unix seconds); needs aof-timestamp-enabled on the source.
-    #[arg(long, value_name = "TIME", requires = "aof")]
+    #[arg(long, value_name = "TIME")]
     until: Option<String>,
     /// Write the RDB to this file (written atomically).
     #[arg(long, value_name = "FILE")]
@@ -603,6 +607,7 @@ fn list_entry(backup: &Backup) -> serde_json::Value {
         "expires": manifest.rdb.expires,
         "rdb_version": manifest.rdb.version,
         "redis_version": manifest.redis.version,
+        "aof": manifest.aof.is_some(),
     })
 }
 
@@ -787,6 +792,12 @@ fn print_drill(report: &crate::drill::DrillReport) {
 
 async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
     let (job, target) = (args.job.as_deref(), args.target.as_deref());
+    if args.from_aof {
+        return restore_backup_aof(config, args).await;
+    }
+    if args.truncate_tail || args.until.is_some() {
+        return Err(UsageError("--truncate-tail and --until apply to --aof and --from-aof".to_string()).into());
+    }
     if let Some(to) = &args.to {
         return restore_to_file(config, args, to).await;
     }
@@ -1063,12 +1074,52 @@ fn parse_until(text: &str) -> anyhow::Result<i64> {
         })
 }
 
-/// Rebuilds a dataset from an AOF in a scratch server, then writes, drills
-/// or loads the RDB it saves.
 async fn restore_aof(args: &RestoreArgs) -> anyhow::Result<u8> {
     let path = args.aof.as_deref().expect("called with --aof");
+    rebuild_from_aof(path, args).await
+}
+
+/// Verifies a backup's AOF archive, unpacks it into a private folder and
+/// rebuilds from it like --aof.
+async fn restore_backup_aof(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
+    let backup = select_backup(config, args.job.as_deref(), args.target.as_deref(), &args.backup).await?;
+    if backup.manifest.aof.is_none() {
+        bail!(
+            "backup {} has no AOF: its job did not set include_aof when it was taken; restore its RDB instead",
+            backup.manifest.id
+        );
+    }
+    let scratch = work_folder(args)?;
+    let mut verification = restore::Verification {
+        id: backup.manifest.id.clone(),
+        job: backup.manifest.job.clone(),
+        target: backup.target.name().to_string(),
+        checks: Vec::new(),
+        errors: Vec::new(),
+    };
+    restore::verify_aof(&backup, Some(scratch.path().to_path_buf()), &mut verification).await;
+    if !verification.ok() {
+        bail!(
+            "the AOF of backup {} on target {} failed verification, nothing was changed:\n  {}",
+            verification.id,
+            verification.target,
+            verification.problems().join("\n  ")
+        );
+    }
+    println!(
+        "verified the AOF of backup {} of job {} from target {}",
+        backup.manifest.id,
+        backup.manifest.job,
+        backup.target.name()
+    );
+    rebuild_from_aof(&scratch.path().join("appendonlydir"), args).await
+}
+
+/// Rebuilds a dataset from an AOF in a scratch server, then writes, drills
+/// or loads the RDB it saves.
+async fn rebuild_from_aof(path: &Path, args: &RestoreArgs) -> anyhow::Result<u8> {
     if args.data_dir.is_some() {
-        bail!("--aof works with --to, --into or --drill");
+        bail!("an AOF restore works with --to, --into or --drill");
     }
     let until = args.until.as_deref().map(parse_until).transpose()?;
     let set = crate::aof::open(path)?;
@@ -1264,10 +1315,13 @@ fn print_load_report(report: &live::LoadReport, url: &str, args: &RestoreArgs) {
         }
         return;
     }
+    let rate = report.loaded as f64 / (report.load_ms.max(1) as f64 / 1000.0);
     println!(
-        "loaded {} key(s) into {url} (Redis {}){}; skipped {} already expired, {} existing; {} failed{}",
+        "loaded {} key(s) into {url} (Redis {}) in {:.1} s ({rate:.0} keys/s){}; skipped {} already expired, {} \
+         existing; {} failed{}",
         report.loaded,
         report.server_version,
+        report.load_ms as f64 / 1000.0,
         if report.flushed { " after emptying it" } else { "" },
         report.skipped_expired,
         report.skipped_existing,

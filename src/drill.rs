@@ -142,7 +142,7 @@ async fn expired_by(path: &Path, first: i64, second: i64) -> Result<(BTreeMap<u6
         let sink = std::sync::Arc::clone(&counts);
         let file =
             std::fs::File::open(&path).map_err(|err| Error::Read { path: path.clone(), message: err.to_string() })?;
-        rdb::walk_records(std::io::BufReader::with_capacity(1024 * 1024, file), move |record| {
+        rdb::walk_checked_records(std::io::BufReader::with_capacity(1024 * 1024, file), move |record| {
             if let rdb::Record::Key(key) = record
                 && let Some(at) = key.expire_at_ms
             {

@@ -67,6 +67,8 @@ pub struct LoadReport {
     /// Keys that exist on the server, found by a dry run or a conflict check.
     pub existing: u64,
     pub dry_run: bool,
+    /// Time spent replaying the keys.
+    pub load_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,8 +193,11 @@ pub async fn load(
         return Err(Error::Cluster { url });
     }
 
-    // Keys that already exist matter unless the server is emptied first.
-    if !options.flush && (options.on_conflict == OnConflict::Fail || options.dry_run) {
+    // Keys that already exist matter unless the server is emptied first,
+    // and cannot exist on an empty server.
+    let keyspace = source::info_section(&mut connection, "keyspace").await?;
+    let server_empty = !keyspace.keys().any(|name| name.starts_with("db"));
+    if !options.flush && !server_empty && (options.on_conflict == OnConflict::Fail || options.dry_run) {
         let (count, examples) = existing_keys(path, &connection, &url).await?;
         report.existing = count;
         if count > 0 && options.on_conflict == OnConflict::Fail && !options.dry_run {
@@ -212,29 +217,66 @@ pub async fn load(
     }
     let (now_secs, now_micros) = source::server_clock(&mut connection).await?;
     let now_ms = now_secs * 1000 + now_micros / 1000;
+    let started = std::time::Instant::now();
     replay(path, connection, &url, options, now_ms, &mut report).await?;
+    report.load_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
 
-/// Walks the file on a blocking thread and returns a channel of its records.
-fn read_records(path: &Path) -> (mpsc::Receiver<rdb::Record>, tokio::task::JoinHandle<Result<(), Error>>) {
-    let (sender, receiver) = mpsc::channel::<rdb::Record>(BATCH_KEYS);
+/// Records handed over per channel message: one message per record would
+/// wake the loader hundreds of thousands of times.
+const RECORDS_PER_MESSAGE: usize = 256;
+
+/// The records of a file, read on a blocking thread.
+struct Records {
+    receiver: mpsc::Receiver<Vec<rdb::Record>>,
+    current: std::vec::IntoIter<rdb::Record>,
+}
+
+impl Records {
+    async fn recv(&mut self) -> Option<rdb::Record> {
+        loop {
+            if let Some(record) = self.current.next() {
+                return Some(record);
+            }
+            self.current = self.receiver.recv().await?.into_iter();
+        }
+    }
+}
+
+/// Walks the file on a blocking thread and returns its records.
+fn read_records(path: &Path) -> (Records, tokio::task::JoinHandle<Result<(), Error>>) {
+    let (sender, receiver) = mpsc::channel::<Vec<rdb::Record>>(8);
     let path = path.to_path_buf();
     let walker = tokio::task::spawn_blocking(move || {
         let read_error = |message: String| Error::Read { path: path.clone(), message };
         let file = std::fs::File::open(&path).map_err(|err| read_error(err.to_string()))?;
         let reader = std::io::BufReader::with_capacity(1024 * 1024, file);
-        let sent = rdb::walk_records(reader, move |record| {
-            sender.blocking_send(record).map_err(|_| "the loader stopped".to_string())
+        let pending = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(RECORDS_PER_MESSAGE)));
+        let filling = std::sync::Arc::clone(&pending);
+        let batches = sender.clone();
+        // The file was verified before; reading it again needs no checks.
+        let sent = rdb::walk_checked_records(reader, move |record| {
+            let mut pending = filling.lock().expect("not poisoned");
+            pending.push(record);
+            if pending.len() < RECORDS_PER_MESSAGE {
+                return Ok(());
+            }
+            let full = std::mem::replace(&mut *pending, Vec::with_capacity(RECORDS_PER_MESSAGE));
+            batches.blocking_send(full).map_err(|_| "the loader stopped".to_string())
         });
         match sent {
-            Ok(_) => Ok(()),
-            // The loader stopped reading and reports its own error.
+            Ok(_) => {
+                let rest = std::mem::take(&mut *pending.lock().expect("not poisoned"));
+                // A loader that stopped reports its own error.
+                let _ = sender.blocking_send(rest);
+                Ok(())
+            }
             Err(failure) if failure.error.kind == rdb::ErrorKind::Stopped => Ok(()),
             Err(failure) => Err(read_error(failure.to_string())),
         }
     });
-    (receiver, walker)
+    (Records { receiver, current: Vec::new().into_iter() }, walker)
 }
 
 /// Counts the backup's keys that exist on the server, naming the first few.

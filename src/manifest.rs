@@ -3,8 +3,10 @@
 //! its manifest does, so a manifest is written last and never changed.
 //!
 //! Object layout on every target:
-//! `<job>/<id>.rdb.zst` (the artifact) and `<job>/<id>.manifest.json`, where
-//! `<id>` is `<UTC yyyymmddThhmmssZ>-<8 hex digits>`, so names sort by time.
+//! `<job>/<id>.rdb.zst` (the artifact), `<job>/<id>.aof.tar.zst` (the AOF
+//! set, for jobs with `include_aof`) and `<job>/<id>.manifest.json`, where
+//! `<id>` is `<UTC yyyymmddThhmmss.mmmZ>-<8 hex digits>`, so names sort by
+//! time.
 //!
 //! The manifest contains no secret: no password, and the Redis URL only without
 //! credentials.
@@ -24,6 +26,7 @@ pub const FORMAT: &str = "sessbackup-manifest";
 pub const VERSION: u32 = 1;
 
 pub const ARTIFACT_SUFFIX: &str = ".rdb.zst";
+pub const AOF_SUFFIX: &str = ".aof.tar.zst";
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -40,6 +43,32 @@ pub struct Manifest {
     pub redis: RedisInfo,
     pub rdb: RdbInfo,
     pub artifact: ArtifactInfo,
+    /// The multi-part AOF set shipped with the backup, if the job asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aof: Option<AofInfo>,
+}
+
+/// The AOF artifact: a tar archive of `appendonlydir/` (the manifest, then
+/// the base and incremental files in load order), compressed with zstd.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AofInfo {
+    /// Object name of the archive, relative to the target.
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub compression: Compression,
+    /// Redis's `appendfilename`: the AOF manifest is `<appendfilename>.manifest`.
+    pub appendfilename: String,
+    pub files: Vec<AofFileInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AofFileInfo {
+    pub name: String,
+    /// "manifest", "base" or "incr".
+    pub kind: String,
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -161,6 +190,17 @@ impl Manifest {
         if self.artifact.name != expected.as_str() {
             return Err(format!("manifest names artifact {:?}, expected {expected}", self.artifact.name));
         }
+        if let Some(aof) = &self.aof {
+            let expected = aof_name(&self.job, &self.id).map_err(|err| err.to_string())?;
+            if aof.name != expected.as_str() {
+                return Err(format!("manifest names AOF artifact {:?}, expected {expected}", aof.name));
+            }
+            for file in &aof.files {
+                if file.name.contains('/') || file.name.starts_with('.') || file.name.is_empty() {
+                    return Err(format!("manifest names AOF file {:?}, which is not a plain file name", file.name));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -185,6 +225,10 @@ pub fn new_backup_id(at: OffsetDateTime) -> String {
         at.millisecond(),
         rand::random::<u32>()
     )
+}
+
+pub fn aof_name(job: &str, id: &str) -> Result<ObjectName, crate::target::InvalidName> {
+    ObjectName::new(format!("{job}/{id}{AOF_SUFFIX}"))
 }
 
 pub fn artifact_name(job: &str, id: &str) -> Result<ObjectName, crate::target::InvalidName> {
@@ -248,6 +292,7 @@ mod tests {
                 sha256: "11".repeat(32),
                 compression: Compression { algorithm: "zstd".to_string(), level: 3 },
             },
+            aof: None,
         }
     }
 
@@ -268,6 +313,34 @@ mod tests {
     #[test]
     fn foreign_json_is_rejected() {
         assert!(Manifest::from_json(b"{\"hello\": 1}").unwrap_err().contains("not a sessbackup manifest"));
+    }
+
+    #[test]
+    fn aof_archive_must_sit_beside_manifest() {
+        let mut manifest = sample();
+        let id = manifest.id.clone();
+        manifest.aof = Some(AofInfo {
+            name: format!("sessions/{id}.aof.tar.zst"),
+            bytes: 10,
+            sha256: "22".repeat(32),
+            compression: Compression { algorithm: "zstd".to_string(), level: 3 },
+            appendfilename: "appendonly.aof".to_string(),
+            files: vec![AofFileInfo {
+                name: "appendonly.aof.1.base.rdb".to_string(),
+                kind: "base".to_string(),
+                bytes: 5,
+                sha256: "33".repeat(32),
+            }],
+        });
+        assert_eq!(Manifest::from_json(&manifest.to_json()).unwrap(), manifest);
+
+        let mut elsewhere = manifest.clone();
+        elsewhere.aof.as_mut().unwrap().name = "other/x.aof.tar.zst".to_string();
+        assert!(Manifest::from_json(&elsewhere.to_json()).unwrap_err().contains("AOF artifact"));
+
+        let mut escaping = manifest.clone();
+        escaping.aof.as_mut().unwrap().files[0].name = "../etc/passwd".to_string();
+        assert!(Manifest::from_json(&escaping.to_json()).unwrap_err().contains("not a plain file name"));
     }
 
     #[test]

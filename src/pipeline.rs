@@ -62,6 +62,8 @@ pub enum Error {
     Changed { path: String, expected: u64, read: u64 },
     #[error("no target stored the backup: {0}")]
     AllTargetsFailed(String),
+    #[error("{0}; nothing was published")]
+    Aof(String),
 }
 
 /// Outcome on one target.
@@ -137,6 +139,18 @@ async fn run(
         duration_ms = started.elapsed().as_millis() as u64,
         "snapshot written"
     );
+    // The AOF as it is on disk right after the snapshot, held open.
+    let held_aof = if job.include_aof {
+        let dir = source.aof_location(job.aof_path.as_deref()).await?;
+        let held = tokio::task::spawn_blocking(move || crate::aof::capture::hold(&dir))
+            .await
+            .expect("AOF capture thread panicked")
+            .map_err(Error::Aof)?;
+        tracing::info!(files = held.files.len(), bytes = held.total_bytes(), "AOF captured");
+        Some(held)
+    } else {
+        None
+    };
 
     let artifact = manifest::artifact_name(&job.name, &id).expect("job names are valid object name parts");
     // zstd never makes data bigger than its input plus a small frame overhead
@@ -187,6 +201,10 @@ async fn run(
         let result = upload.await.expect("upload task panicked");
         stored.push((Arc::clone(target), result));
     }
+    let aof = match held_aof {
+        Some(held) => ship_aof(held, &job.name, &id, level, &mut stored).await,
+        None => None,
+    };
 
     let manifest = Manifest {
         format: manifest::FORMAT.to_string(),
@@ -209,6 +227,7 @@ async fn run(
             sha256: pass.artifact_sha256.clone(),
             compression: manifest::Compression { algorithm: "zstd".to_string(), level },
         },
+        aof,
     };
     let mut reports = publish_manifests(&manifest, &artifact, stored).await;
     reports.extend(unusable);
@@ -237,6 +256,70 @@ async fn run(
 }
 
 type Upload = tokio::task::JoinHandle<target::Result<u64>>;
+
+/// Uploads the held AOF set as a second artifact to every target that
+/// stored the RDB artifact. A target that fails here loses its RDB artifact
+/// too, since its manifest could not describe a complete backup.
+async fn ship_aof(
+    held: crate::aof::capture::Held,
+    job: &str,
+    id: &str,
+    level: i32,
+    stored: &mut [(Arc<dyn Target>, target::Result<u64>)],
+) -> Option<manifest::AofInfo> {
+    let appendfilename = held.appendfilename.clone();
+    let name = manifest::aof_name(job, id).expect("job names are valid object name parts");
+    let ready: Vec<usize> = (0..stored.len()).filter(|index| stored[*index].1.is_ok()).collect();
+    let targets: Vec<Arc<dyn Target>> = ready.iter().map(|index| Arc::clone(&stored[*index].0)).collect();
+    // A tar archive adds 512 bytes per file and 1 KiB at the end.
+    let archive_bound = held.total_bytes() + 512 * (held.files.len() as u64 + 1) + 1024;
+    let size_hint = Some(zstd::zstd_safe::compress_bound(archive_bound as usize) as u64);
+    let (uploads, senders) = start_uploads(&targets, &name, size_hint);
+    let streamed = tokio::task::spawn_blocking(move || {
+        let mut encoder = zstd::stream::write::Encoder::new(FanOut::new(senders), level)?;
+        encoder.include_checksum(true)?;
+        let (files, encoder) = crate::aof::capture::write_archive(&held, encoder)?;
+        let (bytes, sha256, senders) = encoder.finish()?.finish()?;
+        Ok::<_, io::Error>((files, bytes, sha256, senders))
+    })
+    .await
+    .expect("AOF streaming thread panicked");
+
+    let info = match streamed {
+        Ok((files, bytes, sha256, senders)) => {
+            for sender in senders.into_iter().flatten() {
+                let _ = sender.send(Chunk::End { bytes }).await;
+            }
+            let compression = manifest::Compression { algorithm: "zstd".to_string(), level };
+            Some(manifest::AofInfo { name: name.to_string(), bytes, sha256, compression, appendfilename, files })
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "reading the captured AOF failed");
+            None
+        }
+    };
+    for (index, upload) in ready.into_iter().zip(uploads) {
+        let result = upload.await.expect("upload task panicked");
+        let failure = match (&info, result) {
+            (Some(info), Ok(bytes)) if bytes == info.bytes => continue,
+            (Some(info), Ok(bytes)) => format!("stored {bytes} bytes of the AOF archive, expected {}", info.bytes),
+            (Some(_), Err(err)) => format!("AOF archive: {err}"),
+            (None, _) => "the AOF archive could not be written".to_string(),
+        };
+        let (target, result) = &mut stored[index];
+        if let Err(err) = target.delete(&manifest::artifact_name(job, id).expect("valid names")).await {
+            tracing::warn!(target = %target.name(), error = %err, "could not remove the artifact of a backup without AOF");
+        }
+        *result = Err(target::Error {
+            kind: target::ErrorKind::Other,
+            target: target.name().to_string(),
+            action: "upload",
+            object: name.to_string(),
+            message: failure,
+        });
+    }
+    info
+}
 
 /// Starts one upload of the artifact per target, each fed by its own bounded channel.
 fn start_uploads(targets: &[Arc<dyn Target>], artifact: &ObjectName, size_hint: Option<u64>) -> (Vec<Upload>, Senders) {
@@ -365,12 +448,17 @@ async fn confirm_and_tidy(
             ));
         }
     }
+    if let Some(aof) = &manifest.aof
+        && !objects.iter().any(|object| object.name.as_str() == aof.name && object.size == aof.bytes)
+    {
+        return Err(format!("the backup was written, but listing {prefix} does not show {} whole", aof.name));
+    }
 
     let names: std::collections::HashSet<&str> = objects.iter().map(|object| object.name.as_str()).collect();
     for object in &objects {
-        let Some(orphan_id) =
-            object.name.as_str().strip_prefix(&prefix).and_then(|rest| rest.strip_suffix(manifest::ARTIFACT_SUFFIX))
-        else {
+        let Some(orphan_id) = object.name.as_str().strip_prefix(&prefix).and_then(|rest| {
+            rest.strip_suffix(manifest::ARTIFACT_SUFFIX).or_else(|| rest.strip_suffix(manifest::AOF_SUFFIX))
+        }) else {
             continue;
         };
         let manifest = format!("{prefix}{orphan_id}{}", manifest::MANIFEST_SUFFIX);

@@ -168,7 +168,152 @@ pub async fn verify(backup: &Backup, sink: Option<std::fs::File>) -> Verificatio
     let measured =
         tokio::task::spawn_blocking(move || measure(bridge, sink)).await.expect("verification thread panicked");
     compare(manifest, measured, &mut verification);
+    if manifest.aof.is_some() {
+        verify_aof(backup, None, &mut verification).await;
+    }
     verification
+}
+
+/// Downloads the backup's AOF archive and checks it against the manifest:
+/// its size and SHA-256, then each file's name, size and SHA-256 in order,
+/// and each file's structure as Redis would load it. With `extract_to`, the
+/// files are also written to `extract_to/appendonlydir/`.
+pub async fn verify_aof(backup: &Backup, extract_to: Option<PathBuf>, verification: &mut Verification) {
+    let Some(aof) = backup.manifest.aof.clone() else {
+        verification.errors.push("the backup has no AOF (the job did not set include_aof)".to_string());
+        return;
+    };
+    let name = match ObjectName::new(aof.name.clone()) {
+        Ok(name) => name,
+        Err(err) => {
+            verification.errors.push(err.to_string());
+            return;
+        }
+    };
+    let reader = match backup.target.get(&name).await {
+        Ok(reader) => reader,
+        Err(err) => {
+            verification.errors.push(format!("cannot download the AOF archive: {err}"));
+            return;
+        }
+    };
+    let bridge = tokio_util::io::SyncIoBridge::new(reader);
+    let (checks, errors) = tokio::task::spawn_blocking(move || measure_aof(bridge, &aof, extract_to.as_deref()))
+        .await
+        .expect("AOF verification thread panicked");
+    verification.checks.extend(checks);
+    verification.errors.extend(errors);
+}
+
+fn measure_aof(reader: impl Read, aof: &manifest::AofInfo, extract_to: Option<&Path>) -> (Vec<Check>, Vec<String>) {
+    let mut checks = Vec::new();
+    let mut errors = Vec::new();
+    let mut check = |what: String, expected: String, actual: String| {
+        let ok = expected == actual;
+        checks.push(Check { what, expected, actual, ok });
+    };
+    let folder = extract_to.map(|dir| dir.join("appendonlydir"));
+    if let Some(folder) = &folder
+        && let Err(err) = std::fs::create_dir_all(folder)
+    {
+        errors.push(format!("cannot create {}: {err}", folder.display()));
+        return (checks, errors);
+    }
+
+    let mut archive_reader = HashingReader::new(reader);
+    let unpacked = (|| -> Result<usize, String> {
+        let mut decoder = zstd::stream::read::Decoder::new(&mut archive_reader).map_err(|err| err.to_string())?;
+        decoder.window_log_max(24).map_err(|err| err.to_string())?;
+        let mut archive = tar::Archive::new(decoder);
+        let mut seen = 0;
+        for (index, entry) in archive.entries().map_err(|err| err.to_string())?.enumerate() {
+            let entry = entry.map_err(|err| format!("reading the archive failed: {err}"))?;
+            let path = entry.path().map_err(|err| err.to_string())?.to_string_lossy().into_owned();
+            let Some(expected) = aof.files.get(index) else {
+                return Err(format!("the archive holds {path}, which the manifest does not list"));
+            };
+            let wanted = format!("appendonlydir/{}", expected.name);
+            if path != wanted {
+                return Err(format!("entry {} of the archive is {path}, the manifest expects {wanted}", index + 1));
+            }
+            let bytes = entry.header().size().map_err(|err| err.to_string())?;
+            let mut sink = match &folder {
+                Some(folder) => Some(
+                    std::fs::File::create(folder.join(&expected.name))
+                        .map_err(|err| format!("cannot write {}: {err}", expected.name))?,
+                ),
+                None => None,
+            };
+            let mut hashed = TeeReader { inner: entry, hash: Sha256::new(), bytes: 0, sink: sink.as_mut() };
+            let outcome = match expected.kind.as_str() {
+                "manifest" => {
+                    let mut text = String::new();
+                    hashed.read_to_string(&mut text).map_err(|err| format!("{}: {err}", expected.name))?;
+                    crate::aof::parse_manifest(&text).err().map(|message| format!("{}: {message}", expected.name))
+                }
+                kind => {
+                    let kind = if kind == "base" { crate::aof::FileType::Base } else { crate::aof::FileType::Incr };
+                    let (_, outcome) = crate::aof::check_stream(&expected.name, kind, &mut hashed, bytes, None);
+                    // Read what the check left, so the hash covers the whole file.
+                    io::copy(&mut hashed, &mut io::sink()).map_err(|err| format!("{}: {err}", expected.name))?;
+                    match outcome {
+                        crate::aof::FileOutcome::Whole => None,
+                        crate::aof::FileOutcome::Torn { valid_up_to: offset, message }
+                        | crate::aof::FileOutcome::Invalid { offset, message } => {
+                            Some(format!("AOF file {} is invalid at offset {offset}: {message}", expected.name))
+                        }
+                        crate::aof::FileOutcome::Until(_) => None,
+                    }
+                }
+            };
+            check(
+                format!("AOF file {} size in bytes", expected.name),
+                expected.bytes.to_string(),
+                hashed.bytes.to_string(),
+            );
+            check(
+                format!("AOF file {} SHA-256", expected.name),
+                expected.sha256.clone(),
+                hex::encode(hashed.hash.finalize()),
+            );
+            if let Some(problem) = outcome {
+                errors.push(problem);
+            }
+            seen += 1;
+        }
+        Ok(seen)
+    })();
+    match unpacked {
+        Ok(seen) => check("AOF files in the archive".to_string(), aof.files.len().to_string(), seen.to_string()),
+        Err(err) => errors.push(format!("the AOF archive is unreadable: {err}")),
+    }
+    if let Err(err) = archive_reader.drain() {
+        errors.push(format!("reading the AOF archive failed: {err}"));
+    }
+    let (bytes, sha256) = archive_reader.finish();
+    check("AOF archive size in bytes".to_string(), aof.bytes.to_string(), bytes.to_string());
+    check("AOF archive SHA-256".to_string(), aof.sha256.clone(), sha256);
+    (checks, errors)
+}
+
+/// Hashes what passes through and copies it to `sink`, if there is one.
+struct TeeReader<'a, R> {
+    inner: R,
+    hash: Sha256,
+    bytes: u64,
+    sink: Option<&'a mut std::fs::File>,
+}
+
+impl<R: Read> Read for TeeReader<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(out)?;
+        self.hash.update(&out[..read]);
+        self.bytes += read as u64;
+        if let Some(sink) = self.sink.as_mut() {
+            sink.write_all(&out[..read])?;
+        }
+        Ok(read)
+    }
 }
 
 fn compare(manifest: &Manifest, measured: Measured, verification: &mut Verification) {

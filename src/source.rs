@@ -60,6 +60,16 @@ pub enum Error {
     SaveFailed,
     #[error("timed out after {} s waiting for {waiting_for}; raise snapshot_timeout_secs if saves take longer", .after.as_secs())]
     Timeout { waiting_for: String, after: Duration },
+    #[error(
+        "include_aof is set, but Redis at {url} runs with appendonly no; enable AOF on the server or remove \
+         include_aof from the job"
+    )]
+    AofOff { url: String },
+    #[error(
+        "cannot find the AOF: {command} failed ({message}); set aof_path in the job, or config_command if CONFIG \
+         is renamed"
+    )]
+    AofLocation { command: String, message: String },
     #[error("RDB file {path} not found after the save; check rdb_path or Redis's dir and dbfilename")]
     RdbMissing { path: PathBuf },
     #[error("cannot open RDB file {path}: {message}")]
@@ -299,6 +309,40 @@ impl RedisSource {
     }
 
     /// `dir` + `dbfilename` from CONFIG GET (or its renamed form).
+    /// Finds the server's `appendonlydir/`: `configured` if the job names it,
+    /// else from `CONFIG GET dir` and `appenddirname`. Fails if the server
+    /// reports `appendonly no`.
+    pub async fn aof_location(&self, configured: Option<&Path>) -> Result<PathBuf, Error> {
+        let connection = self.connect().await?;
+        let get = |name: &'static str| {
+            let command = format!("{} GET {name}", self.config_command);
+            let mut cmd = redis::cmd(&self.config_command);
+            cmd.arg("GET").arg(name);
+            let mut connection = connection.clone();
+            async move {
+                let reply: redis::RedisResult<Vec<String>> = cmd.query_async(&mut connection).await;
+                match reply {
+                    Ok(pair) if pair.len() == 2 => Ok(pair[1].clone()),
+                    Ok(pair) => Err(Error::AofLocation { command, message: format!("unexpected reply {pair:?}") }),
+                    Err(err) => Err(Error::AofLocation { command, message: err.to_string() }),
+                }
+            }
+        };
+        match get("appendonly").await {
+            Ok(value) if value == "no" => return Err(Error::AofOff { url: self.display_url.clone() }),
+            Ok(_) => {}
+            // Without CONFIG, the configured path must be right.
+            Err(err) if configured.is_none() => return Err(err),
+            Err(_) => {}
+        }
+        if let Some(path) = configured {
+            return Ok(path.to_path_buf());
+        }
+        let dir = get("dir").await?;
+        let dir_name = get("appenddirname").await?;
+        Ok(Path::new(&dir).join(dir_name))
+    }
+
     async fn rdb_location(&self, connection: &mut MultiplexedConnection) -> Result<PathBuf, Error> {
         let get = |name: &'static str| {
             let command = format!("{} GET {name}", self.config_command);

@@ -303,3 +303,62 @@ fn missing_manifest_file_is_named() {
     assert_exit(&output, 1, "inspect of a manifest naming a missing file");
     assert!(stderr(&output).contains("names appendonly.aof.3.base.rdb, which does not exist"), "{}", stderr(&output));
 }
+
+#[test]
+fn backup_ships_aof_and_restores_from_it() {
+    let Some(redis) = Redis::start(&["--appendonly", "yes"]) else { return };
+    common::fill_sessions(&redis, 300);
+    // A rewrite makes a base file; the writes after it go to an incr file.
+    let _: String = redis.cmd(&["BGREWRITEAOF"]);
+    common::wait_for(Duration::from_secs(10), "the AOF rewrite to finish", || {
+        redis.info_field("persistence", "aof_rewrite_in_progress").as_deref() == Some("0")
+    });
+    redis.cmd::<()>(&["SET", "written-after-rewrite", "yes"]);
+    let setup = common::Setup::new(&redis.url(), "include_aof = true");
+
+    let output = setup.run(&["backup", "--json"]);
+    assert_success(&output, "backup with include_aof");
+    let listed = setup.list_json();
+    assert_eq!(listed.len(), 1);
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    let manifest_path = setup.backups.join(format!("sessions/{id}.manifest.json"));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let kinds: Vec<&str> =
+        manifest["aof"]["files"].as_array().unwrap().iter().map(|file| file["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["manifest", "base", "incr"]);
+    assert!(setup.backups.join(format!("sessions/{id}.aof.tar.zst")).is_file());
+
+    let output = setup.run(&["verify"]);
+    assert_success(&output, "verify of a backup with an AOF");
+    assert!(stdout(&output).contains("ok   AOF archive SHA-256"), "{}", stdout(&output));
+
+    let rebuilt = setup.path("from-aof.rdb");
+    let output = setup.run(&["restore", "--from-aof", "--to", rebuilt.to_str().unwrap()]);
+    assert_success(&output, "restore --from-aof");
+    let loaded = Redis::start_on_rdb(&rebuilt).unwrap();
+    assert_eq!(loaded.digest(), redis.digest());
+
+    // A damaged archive fails verification and is not restored from.
+    let archive = setup.backups.join(format!("sessions/{id}.aof.tar.zst"));
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&archive, &bytes).unwrap();
+    let output = setup.run(&["verify"]);
+    assert_exit(&output, 1, "verify of a damaged AOF archive");
+    assert!(stdout(&output).contains("FAIL AOF archive SHA-256"), "{}", stdout(&output));
+    let output = setup.run(&["restore", "--from-aof", "--drill"]);
+    assert_exit(&output, 1, "restore --from-aof of a damaged archive");
+    assert!(stderr(&output).contains("failed verification, nothing was changed"), "{}", stderr(&output));
+}
+
+#[test]
+fn include_aof_needs_appendonly() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    common::fill_sessions(&redis, 10);
+    let setup = common::Setup::new(&redis.url(), "include_aof = true");
+    let output = setup.run(&["backup"]);
+    assert_exit(&output, 1, "include_aof against a server without AOF");
+    assert!(stderr(&output).contains("runs with appendonly no"), "{}", stderr(&output));
+    assert!(setup.backup_files().is_empty(), "{:?}", setup.backup_files());
+}

@@ -7,6 +7,7 @@
 //! and lays out a copy of the set that a redis-server can load. It never
 //! changes the files it reads.
 
+pub mod capture;
 pub mod reader;
 
 use std::fs::File;
@@ -361,7 +362,7 @@ pub fn inspect(set: &AofSet, until: Option<i64>) -> Inspection {
     inspection
 }
 
-enum FileOutcome {
+pub(crate) enum FileOutcome {
     Whole,
     /// Stopped at the annotation at this offset, later than `until`.
     Until(u64),
@@ -376,11 +377,29 @@ enum FileOutcome {
 }
 
 fn inspect_file(file: &AofFile, until: Option<i64>) -> (FileReport, FileOutcome) {
+    let bytes = std::fs::metadata(&file.path).map_or(0, |meta| meta.len());
+    match File::open(&file.path) {
+        Ok(handle) => check_stream(&file.name, file.kind, handle, bytes, until),
+        Err(err) => {
+            let (report, _) = check_stream(&file.name, file.kind, io::empty(), bytes, None);
+            (report, FileOutcome::Invalid { offset: 0, message: format!("cannot open {}: {err}", file.path.display()) })
+        }
+    }
+}
+
+/// Checks one file of a set read from `handle`, `bytes` long.
+pub(crate) fn check_stream(
+    name: &str,
+    kind: FileType,
+    mut handle: impl Read,
+    bytes: u64,
+    until: Option<i64>,
+) -> (FileReport, FileOutcome) {
     let mut report = FileReport {
-        name: file.name.clone(),
-        role: file.kind,
+        name: name.to_string(),
+        role: kind,
         format: "resp",
-        bytes: std::fs::metadata(&file.path).map_or(0, |meta| meta.len()),
+        bytes,
         rdb_version: None,
         rdb_keys: None,
         commands: 0,
@@ -388,38 +407,35 @@ fn inspect_file(file: &AofFile, until: Option<i64>) -> (FileReport, FileOutcome)
         last_timestamp: None,
     };
     let invalid = |offset: u64, message: String| FileOutcome::Invalid { offset, message };
-    let mut handle = match File::open(&file.path) {
-        Ok(handle) => handle,
-        Err(err) => return (report, invalid(0, format!("cannot open {}: {err}", file.path.display()))),
-    };
     let mut magic = [0u8; 6];
     let peeked = read_up_to(&mut handle, &mut magic);
     let starts_with_rdb = magic[..peeked].starts_with(b"REDIS") || magic[..peeked].starts_with(b"VALKEY");
     let head = magic[..peeked].to_vec();
     let stream = io::Cursor::new(head).chain(handle);
 
-    let (rest, start): (Box<dyn io::BufRead>, u64) = if starts_with_rdb {
-        report.format = "rdb";
-        match rdb::walk_preamble(stream, None) {
-            Ok((summary, buffered, remaining)) => {
-                report.rdb_version = Some(summary.version);
-                report.rdb_keys = Some(summary.keys());
-                let rest = BufReader::with_capacity(256 * 1024, io::Cursor::new(buffered).chain(remaining));
-                (Box::new(rest), summary.rdb_bytes)
-            }
-            Err(failure) => {
-                let kind =
-                    if failure.error.message.contains("unexpected end of file") { "is cut off" } else { "is invalid" };
-                return (
-                    report,
-                    invalid(failure.error.offset, format!("the RDB part {kind}: {}", failure.error.message)),
-                );
-            }
+    if !starts_with_rdb {
+        let outcome = read_commands(BufReader::with_capacity(256 * 1024, stream), 0, until, &mut report);
+        return (report, outcome);
+    }
+    report.format = "rdb";
+    match rdb::walk_preamble(stream, None) {
+        Ok((summary, buffered, remaining)) => {
+            report.rdb_version = Some(summary.version);
+            report.rdb_keys = Some(summary.keys());
+            let rest = BufReader::with_capacity(256 * 1024, io::Cursor::new(buffered).chain(remaining));
+            let outcome = read_commands(rest, summary.rdb_bytes, until, &mut report);
+            (report, outcome)
         }
-    } else {
-        (Box::new(BufReader::with_capacity(256 * 1024, stream)), 0)
-    };
+        Err(failure) => {
+            let kind =
+                if failure.error.message.contains("unexpected end of file") { "is cut off" } else { "is invalid" };
+            (report, invalid(failure.error.offset, format!("the RDB part {kind}: {}", failure.error.message)))
+        }
+    }
+}
 
+/// Reads the commands of a file from `rest`, which starts at `start`.
+fn read_commands(rest: impl io::BufRead, start: u64, until: Option<i64>, report: &mut FileReport) -> FileOutcome {
     let mut stopped_at = None;
     let mut commands_before = 0;
     let mut timestamps: (Option<i64>, Option<i64>) = (None, None);
@@ -439,7 +455,7 @@ fn inspect_file(file: &AofFile, until: Option<i64>) -> (FileReport, FileOutcome)
     });
     report.first_timestamp = timestamps.0;
     report.last_timestamp = timestamps.1;
-    let outcome = match result {
+    match result {
         Ok(tally) => {
             report.commands = tally.commands;
             FileOutcome::Whole
@@ -453,10 +469,9 @@ fn inspect_file(file: &AofFile, until: Option<i64>) -> (FileReport, FileOutcome)
             FileOutcome::Torn { valid_up_to, message }
         }
         Err(reader::Error::Corrupt { offset, message }) | Err(reader::Error::Io { offset, message }) => {
-            invalid(offset, message)
+            FileOutcome::Invalid { offset, message }
         }
-    };
-    (report, outcome)
+    }
 }
 
 fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> usize {
@@ -510,7 +525,7 @@ pub fn stage(set: &AofSet, cut: Option<Cut>, folder: &Path) -> io::Result<String
 }
 
 /// Quotes a file name for a manifest line when it has spaces or quotes.
-fn quote_name(name: &str) -> String {
+pub(crate) fn quote_name(name: &str) -> String {
     if name.chars().any(|c| c.is_whitespace() || c == '"' || c == '\'' || c == '\\') {
         format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
     } else {

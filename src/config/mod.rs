@@ -47,6 +47,11 @@ pub struct Job {
     pub snapshot_timeout: Duration,
     pub compression_level: i32,
     pub targets: Vec<String>,
+    /// Ship the multi-part AOF set with each backup.
+    pub include_aof: bool,
+    /// The `appendonlydir/` on this host's file system, when `CONFIG GET dir`
+    /// and `appenddirname` cannot be used or name a path that differs here.
+    pub aof_path: Option<PathBuf>,
 }
 
 /// How to reach and authenticate to Redis.
@@ -303,6 +308,8 @@ fn parse_job(
     let snapshot_timeout = fields.integer(problems, "snapshot_timeout_secs");
     let compression_level = fields.integer(problems, "compression_level");
     let targets = fields.string_array(problems, "targets");
+    let include_aof = fields.boolean(problems, "include_aof").is_some_and(|(value, _)| value);
+    let aof_path = fields.string(problems, "aof_path");
     fields.finish(problems);
 
     let url = match url {
@@ -364,6 +371,14 @@ fn parse_job(
             Some(PathBuf::from(path))
         } else {
             problems.add(span, format!("{context}: rdb_path {path:?} must be an absolute path"));
+            None
+        }
+    });
+    let aof_path = aof_path.and_then(|(path, span)| {
+        if Path::new(&path).is_absolute() {
+            Some(PathBuf::from(path))
+        } else {
+            problems.add(span, format!("{context}: aof_path {path:?} must be an absolute path"));
             None
         }
     });
@@ -435,6 +450,8 @@ fn parse_job(
         snapshot_timeout,
         compression_level,
         targets,
+        include_aof,
+        aof_path,
     })
 }
 

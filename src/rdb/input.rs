@@ -35,6 +35,8 @@ pub(crate) struct Input<R> {
     record: Option<Vec<u8>>,
     /// Bytes of `buf` before this index are already in `record`.
     record_done: usize,
+    /// Keep no checksum (the file was checked before).
+    no_checksum: bool,
 }
 
 impl<R: Read> Input<R> {
@@ -50,6 +52,7 @@ impl<R: Read> Input<R> {
             reader_done: false,
             record: None,
             record_done: 0,
+            no_checksum: false,
         }
     }
 
@@ -66,7 +69,9 @@ impl<R: Read> Input<R> {
             if self.start > 0 && self.buf.len() - self.start < need.max(BUFFER_BYTES / 4) {
                 // Move the unconsumed tail to the front; the consumed part leaves the
                 // buffer, so it must enter the checksum first.
-                self.crc.update(&self.buf[self.crc_done..self.start]);
+                if !self.no_checksum {
+                    self.crc.update(&self.buf[self.crc_done..self.start]);
+                }
                 if let Some(record) = &mut self.record {
                     record.extend_from_slice(&self.buf[self.record_done..self.start]);
                 }
@@ -172,9 +177,15 @@ impl<R: Read> Input<R> {
         self.crc.clone().finalize()
     }
 
-    /// Starts keeping a copy of every byte consumed from here on.
-    pub(crate) fn start_recording(&mut self) {
-        self.record = Some(Vec::new());
+    /// Stops keeping the CRC-64 of consumed bytes.
+    pub(crate) fn skip_checksum(&mut self) {
+        self.no_checksum = true;
+    }
+
+    /// Starts keeping a copy of every byte consumed from here on, after
+    /// `prefix`.
+    pub(crate) fn start_recording(&mut self, prefix: Vec<u8>) {
+        self.record = Some(prefix);
         self.record_done = self.start;
     }
 

@@ -161,6 +161,43 @@ pub(crate) fn compact_error(string_offset: u64, what: &str, err: CompactError) -
     }
 }
 
+/// Skips one value by its layout alone, for a file that a full walk already
+/// accepted: strings are skipped by their stored length (LZF strings stay
+/// compressed) and encoded collections are not opened. Types whose layout
+/// has more than lengths and strings get the full check.
+pub(crate) fn skim_value<R: Read>(walker: &mut Walker<R>, kind: ValueType) -> Result<Checked, Error> {
+    use ValueType::*;
+    match kind {
+        String | HashZipmap | ListZiplist | SetIntset | ZsetZiplist | HashZiplist | HashListpack | ZsetListpack
+        | SetListpack => walker.skip_stored_string("a value")?,
+        List | Set | ListQuicklist => {
+            for _ in 0..walker.read_len("an element count")? {
+                walker.skip_stored_string("an element")?;
+            }
+        }
+        Hash => {
+            for _ in 0..walker.read_len("a field count")? {
+                walker.skip_stored_string("a hash field")?;
+                walker.skip_stored_string("a hash value")?;
+            }
+        }
+        Zset2 => {
+            for _ in 0..walker.read_len("a member count")? {
+                walker.skip_stored_string("a sorted set member")?;
+                walker.skip_bytes(8, "a score")?;
+            }
+        }
+        ListQuicklist2 => {
+            for _ in 0..walker.read_len("a node count")? {
+                walker.read_len("a node container")?;
+                walker.skip_stored_string("a quicklist node")?;
+            }
+        }
+        _ => return check_value(walker, kind),
+    }
+    Ok(COMPLETE)
+}
+
 pub(crate) fn check_value<R: Read>(walker: &mut Walker<R>, kind: ValueType) -> Result<Checked, Error> {
     use ValueType::*;
     let offset = walker.input.offset();
