@@ -163,6 +163,11 @@ impl RedisSource {
         &self.display_url
     }
 
+    /// The address and credentials the client library resolved.
+    pub fn connection_info(&self) -> &redis::ConnectionInfo {
+        self.client.get_connection_info()
+    }
+
     async fn connect(&self) -> Result<MultiplexedConnection, Error> {
         self.connect_with_response_timeout(RESPONSE_TIMEOUT).await
     }

@@ -24,6 +24,13 @@ fn backed_up_source() -> Option<(Redis, Setup)> {
     Some((redis, setup))
 }
 
+/// Waits until the source's short-lived key has expired and removes it, so
+/// that digests compare only keys both sides must have.
+fn let_short_key_expire(source: &Redis) {
+    std::thread::sleep(Duration::from_millis(700));
+    source.cmd::<()>(&["DEL", "soon-gone"]);
+}
+
 fn pexpiretime(redis: &Redis, db: u32, key: &str) -> i64 {
     let mut connection = redis.connection();
     redis::cmd("SELECT").arg(db).query::<()>(&mut connection).unwrap();
@@ -35,8 +42,7 @@ fn into_empty_server_matches_source() {
     let Some((source, setup)) = backed_up_source() else { return };
     let Some(target) = Redis::start(&[]) else { return };
     // The short-lived key expires between backup and restore.
-    std::thread::sleep(Duration::from_millis(700));
-    source.cmd::<()>(&["DEL", "soon-gone"]);
+    let_short_key_expire(&source);
 
     let output = setup.run(&["restore", "--into", &target.url()]);
     assert_success(&output, "restore --into an empty server");
@@ -72,6 +78,7 @@ fn conflict_policies_skip_and_replace() {
     let Some((source, setup)) = backed_up_source() else { return };
     let Some(target) = Redis::start(&[]) else { return };
     target.cmd::<()>(&["SET", "sess:000042", "newer"]);
+    let_short_key_expire(&source);
 
     let output = setup.run(&["restore", "--into", &target.url(), "--on-conflict", "skip"]);
     assert_success(&output, "restore --on-conflict skip");
@@ -90,6 +97,7 @@ fn flush_empties_server_first() {
     let Some(target) = Redis::start(&[]) else { return };
     target.cmd::<()>(&["SET", "stale", "x"]);
     target.cmd::<()>(&["SET", "sess:000042", "newer"]);
+    let_short_key_expire(&source);
 
     let output = setup.run(&["restore", "--into", &target.url(), "--flush"]);
     assert_success(&output, "restore --flush");
@@ -214,4 +222,47 @@ fn drill_reports_server_refusal() {
     let message = stderr(&output);
     assert!(message.contains("the scratch redis-server stopped while starting or loading"), "{message}");
     assert!(message.contains("Can't handle RDB format version 11"), "{message}");
+}
+
+#[test]
+fn into_with_password_over_unix_socket() {
+    let Some((source, setup)) = backed_up_source() else { return };
+    let socket_dir = tempfile::tempdir().unwrap();
+    let socket = socket_dir.path().join("redis.sock").display().to_string();
+    let Some(target) =
+        Redis::start(&["--unixsocket", &socket, "--unixsocketperm", "700", "--requirepass", "restore-secret"])
+    else {
+        return;
+    };
+    let url = format!("unix://{socket}");
+    let_short_key_expire(&source);
+
+    let output = setup.command().args(["restore", "--into", &url]).output().unwrap();
+    assert_exit(&output, 1, "restore --into a server that needs a password, without one");
+    assert!(stderr(&output).contains("requires a password"), "{}", stderr(&output));
+
+    let output = setup
+        .command()
+        .args(["restore", "--into", &url, "--password-env", "SESSBACKUP_TEST_INTO_PASSWORD"])
+        .env("SESSBACKUP_TEST_INTO_PASSWORD", "restore-secret")
+        .output()
+        .unwrap();
+    assert_success(&output, "restore --into over a Unix socket with a password");
+    assert_eq!(target.digest(), source.digest());
+}
+
+#[test]
+fn into_over_tls() {
+    let Some((source, setup)) = backed_up_source() else { return };
+    let certs = tempfile::tempdir().unwrap();
+    let Some((ca, cert, key)) = common::make_certificates(certs.path()) else { return };
+    let tls_port = common::free_port().to_string();
+    let tls = ["--tls-port", &tls_port, "--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-ca-cert-file", &ca];
+    let Some(target) = Redis::start(&[&tls[..], &["--tls-auth-clients", "no"]].concat()) else { return };
+    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    let_short_key_expire(&source);
+
+    let output = setup.run(&["restore", "--into", &url, "--tls-ca-file", &ca]);
+    assert_success(&output, "restore --into over TLS");
+    assert_eq!(target.digest(), source.digest());
 }

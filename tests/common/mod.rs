@@ -381,4 +381,79 @@ pub fn fill_sessions(redis: &Redis, sessions: usize) {
     pipe.query::<()>(&mut connection).unwrap();
 }
 
+/// Writes a CA and a server certificate for 127.0.0.1 signed by it; returns
+/// (CA certificate, server certificate, server key) paths.
+pub fn make_certificates(dir: &std::path::Path) -> Option<(String, String, String)> {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("openssl").args(args).current_dir(dir).output();
+        match output {
+            Ok(output) if output.status.success() => true,
+            Ok(output) => panic!("openssl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr)),
+            Err(_) => false,
+        }
+    };
+    let ca_ok = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sessbackup test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    if !ca_ok {
+        if std::env::var("SESSBACKUP_REQUIRE_SERVERS").as_deref() == Ok("1") {
+            panic!("openssl is not installed and SESSBACKUP_REQUIRE_SERVERS=1");
+        }
+        say("SKIPPED: openssl not found");
+        return None;
+    }
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    let path = |name: &str| dir.join(name).display().to_string();
+    Some((path("ca.pem"), path("server.pem"), path("server.key")))
+}
+
 pub mod servers;

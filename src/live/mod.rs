@@ -16,6 +16,8 @@ use tokio::task::JoinSet;
 use crate::rdb;
 use crate::source::{self, RedisSource};
 
+mod stream;
+
 /// Keys per pipeline.
 const BATCH_KEYS: usize = 1000;
 /// Payload bytes per pipeline; a batch closes at whichever limit comes first.
@@ -218,7 +220,26 @@ pub async fn load(
     let (now_secs, now_micros) = source::server_clock(&mut connection).await?;
     let now_ms = now_secs * 1000 + now_micros / 1000;
     let started = std::time::Instant::now();
-    replay(path, connection, &url, options, now_ms, &mut report).await?;
+    let info = server.connection_info();
+    let address = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => Some(stream::Address::Tcp(host.clone(), *port)),
+        redis::ConnectionAddr::Unix(socket) => Some(stream::Address::Unix(socket.clone())),
+        // Over TLS the client library's pipelines carry the commands.
+        _ => None,
+    };
+    match address {
+        Some(address) => {
+            let credentials = stream::Credentials {
+                username: info.redis_settings().username(),
+                password: info.redis_settings().password(),
+            };
+            // FLUSHALL keeps function libraries: after it, the backup's replace them.
+            let functions = if options.flush { OnConflict::Replace } else { options.on_conflict };
+            let plan = stream::Plan { path, url: &url, on_conflict: options.on_conflict, functions, now_ms };
+            stream::load(&address, credentials, plan, &mut report).await?;
+        }
+        None => replay(path, connection, &url, options, now_ms, &mut report).await?,
+    }
     report.load_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
