@@ -187,16 +187,16 @@ pub struct RestoreArgs {
     /// Empty every database of the server (FLUSHALL) before loading.
     #[arg(long, requires = "into")]
     flush: bool,
-    /// What to do with keys that already exist on the server.
+    /// Policy for keys that already exist on the server.
     #[arg(long, value_enum, default_value_t = OnConflict::Fail, requires = "into")]
     on_conflict: OnConflict,
     /// ACL user name for --into.
     #[arg(long, value_name = "NAME", requires = "into")]
     username: Option<String>,
-    /// Environment variable that holds the password for --into.
+    /// Environment variable with the password for --into.
     #[arg(long, value_name = "VARIABLE", requires = "into", conflicts_with = "password_file")]
     password_env: Option<String>,
-    /// File that holds the password for --into.
+    /// File with the password for --into.
     #[arg(long, value_name = "FILE", requires = "into")]
     password_file: Option<PathBuf>,
     /// Extra CA certificate (PEM) trusted for a rediss:// URL.
@@ -775,10 +775,10 @@ async fn verify(
 fn print_drill(report: &crate::drill::DrillReport) {
     for db in &report.databases {
         let mark = if db.ok { "ok  " } else { "FAIL" };
-        let expired = if db.expired_when_counted > 0 {
-            format!(" ({} to {} had expired, which Redis drops)", db.expired_before_start, db.expired_when_counted)
-        } else {
-            String::new()
+        let expired = match (db.expired_before_start, db.expired_when_counted) {
+            (_, 0) => String::new(),
+            (before, when) if before == when => format!(" ({before} had expired, which Redis drops)"),
+            (before, when) => format!(" ({before} to {when} had expired, which Redis drops)"),
         };
         println!("{mark} drill db{}: {} keys expected, {} loaded{expired}", db.db, db.expected, db.loaded);
     }
@@ -791,7 +791,6 @@ fn print_drill(report: &crate::drill::DrillReport) {
 }
 
 async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
-    let (job, target) = (args.job.as_deref(), args.target.as_deref());
     if args.from_aof {
         return restore_backup_aof(config, args).await;
     }
@@ -802,44 +801,58 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
         return restore_to_file(config, args, to).await;
     }
     if let Some(dir) = &args.data_dir {
-        let layout = data_dir_layout(args, dir)?;
-        let plan = check_data_dir(args, &layout)?;
-        if args.dry_run {
-            let backup = select_backup(config, job, target, &args.backup).await?;
-            let verification = restore::verify(&backup, None).await;
-            if !verification.ok() {
-                bail!("backup {} failed verification:\n  {}", verification.id, verification.problems().join("\n  "));
-            }
-            print_data_dir_plan(&layout, &plan, true);
-            return Ok(0);
-        }
-        let backup = select_backup(config, job, target, &args.backup).await?;
-        let staging = staging_in(dir)?;
-        let verified = staging.path().join(&layout.dbfilename);
-        restore::restore_to_file(&backup, &verified, false).await?;
-        println!(
-            "verified backup {} of job {} from target {}",
-            backup.manifest.id,
-            backup.manifest.job,
-            backup.target.name()
-        );
-        return install_data_dir(&layout, &verified, backup.manifest.rdb.keys);
+        return restore_data_dir(config, args, dir).await;
     }
     if args.drill {
-        let backup = select_backup(config, job, target, &args.backup).await?;
-        let scratch = work_folder(args)?;
-        let copy = scratch.path().join("dump.rdb");
-        restore::restore_to_file(&backup, &copy, false).await?;
-        println!(
-            "verified backup {} of job {} from target {}",
-            backup.manifest.id,
-            backup.manifest.job,
-            backup.target.name()
-        );
-        return run_drill(&copy, &backup.manifest.rdb.databases, args).await;
+        return restore_drill(config, args).await;
     }
-    let server = into_server(args)?;
+    restore_into(config, args).await
+}
+
+async fn restore_data_dir(config: &Config, args: &RestoreArgs, dir: &Path) -> anyhow::Result<u8> {
+    let (job, target) = (args.job.as_deref(), args.target.as_deref());
+    let layout = data_dir_layout(args, dir)?;
+    let plan = check_data_dir(args, &layout)?;
     let backup = select_backup(config, job, target, &args.backup).await?;
+    check_server_loads(backup.manifest.rdb.version, args)?;
+    if args.dry_run {
+        let verification = restore::verify_rdb(&backup, None).await;
+        if !verification.ok() {
+            bail!("backup {} failed verification:\n  {}", verification.id, verification.problems().join("\n  "));
+        }
+        print_data_dir_plan(&layout, &plan, true);
+        return Ok(0);
+    }
+
+    let staging = staging_in(dir)?;
+    let verified = staging.path().join(&layout.dbfilename);
+    restore::restore_to_file(&backup, &verified, false).await?;
+    println!(
+        "verified backup {} of job {} from target {}",
+        backup.manifest.id,
+        backup.manifest.job,
+        backup.target.name()
+    );
+    install_data_dir(&layout, &verified, backup.manifest.rdb.keys)
+}
+
+async fn restore_drill(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
+    let backup = select_backup(config, args.job.as_deref(), args.target.as_deref(), &args.backup).await?;
+    let scratch = work_folder(args)?;
+    let copy = scratch.path().join("dump.rdb");
+    restore::restore_to_file(&backup, &copy, false).await?;
+    println!(
+        "verified backup {} of job {} from target {}",
+        backup.manifest.id,
+        backup.manifest.job,
+        backup.target.name()
+    );
+    run_drill(&copy, &backup.manifest.rdb.databases, args).await
+}
+
+async fn restore_into(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
+    let server = into_server(args)?;
+    let backup = select_backup(config, args.job.as_deref(), args.target.as_deref(), &args.backup).await?;
     let scratch = work_folder(args)?;
     let copy = scratch.path().join("dump.rdb");
     restore::restore_to_file(&backup, &copy, false).await?;
@@ -851,7 +864,30 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
         backup.manifest.rdb.keys,
         backup.manifest.rdb.version
     );
-    load_into(&copy, backup.manifest.rdb.version, &server, args).await
+    let highest_db = backup.manifest.rdb.databases.iter().map(|db| db.db).max().unwrap_or(0);
+    load_into(&copy, backup.manifest.rdb.version, highest_db, &server, args).await
+}
+
+/// Refuses an RDB version that the installed redis-server cannot load, when
+/// its version can be read: the server would not start on the new files.
+fn check_server_loads(rdb_version: u32, args: &RestoreArgs) -> anyhow::Result<()> {
+    let binary = crate::scratch::find_redis_server(args.scratch.redis_server.as_deref());
+    let Some((major, minor)) = crate::datadir::binary_version(&binary) else {
+        println!("note: could not run {binary} to read its version; make sure it loads RDB version {rdb_version}");
+        return Ok(());
+    };
+    let info = std::collections::HashMap::from([("redis_version".to_string(), format!("{major}.{minor}.0"))]);
+    if let Some(highest) = live::server_rdb_version(&info)
+        && rdb_version > highest
+    {
+        bail!(
+            "the backup is RDB version {rdb_version} (Redis {} or newer wrote it), but {binary} is Redis \
+             {major}.{minor}, which loads RDB versions up to {highest}, so the server would not start on it; \
+             upgrade Redis first, or name the binary the server runs with --redis-server",
+            live::first_release_with(rdb_version)
+        );
+    }
+    Ok(())
 }
 
 fn data_dir_layout(args: &RestoreArgs, dir: &Path) -> anyhow::Result<crate::datadir::Layout> {
@@ -917,8 +953,8 @@ fn check_data_dir(args: &RestoreArgs, layout: &crate::datadir::Layout) -> anyhow
     Ok(crate::datadir::plan(layout, stamp)?)
 }
 
-/// A private folder inside `dir`, so that the verified file can be renamed
-/// into place (renames do not cross file systems).
+/// Creates a private folder inside `dir`, so that the verified file can be
+/// renamed into place (renames do not cross file systems).
 fn staging_in(dir: &Path) -> anyhow::Result<tempfile::TempDir> {
     tempfile::Builder::new()
         .prefix(".sessbackup-restore-")
@@ -1138,6 +1174,20 @@ async fn rebuild_from_aof(path: &Path, args: &RestoreArgs) -> anyhow::Result<u8>
             problem.file, problem.offset, problem.message
         );
     }
+    if let (Some(until), Some(ctime)) = (until, inspection.until_before_base) {
+        bail!(
+            "the AOF's base was written at {ctime} (its RDB ctime), after --until {until}: an AOF cannot go back \
+             before its last rewrite; use an older backup"
+        );
+    }
+    if let Some(single) = set.files.first().filter(|_| set.kind == crate::aof::Kind::Single)
+        && single.name.contains(".incr.")
+    {
+        bail!(
+            "{} is an incremental file of a multi-part AOF, without its base; pass its manifest or appendonlydir/",
+            path.display()
+        );
+    }
     if inspection.no_timestamps {
         bail!("{} has no #TS: annotations (aof-timestamp-enabled was off), so --until cannot cut it", path.display());
     }
@@ -1195,7 +1245,8 @@ async fn rebuild_from_aof(path: &Path, args: &RestoreArgs) -> anyhow::Result<u8>
         return Ok(if report.ok { 0 } else { EXIT_FAILURE });
     }
     let target = into_server(args)?;
-    load_into(&rebuilt, summary.version, &target, args).await
+    let highest_db = summary.databases.keys().max().copied().unwrap_or(0);
+    load_into(&rebuilt, summary.version, highest_db, &target, args).await
 }
 
 fn aof_mode(args: &RestoreArgs) -> String {
@@ -1209,6 +1260,9 @@ fn aof_mode(args: &RestoreArgs) -> String {
 /// Restores a local RDB file given with --rdb: checks it, then loads it.
 async fn restore_local_rdb(args: &RestoreArgs) -> anyhow::Result<u8> {
     let path = args.rdb.as_deref().expect("called with --rdb");
+    if args.truncate_tail || args.until.is_some() {
+        return Err(UsageError("--truncate-tail and --until apply to --aof and --from-aof".to_string()).into());
+    }
     if let Some(dir) = &args.data_dir {
         let layout = data_dir_layout(args, dir)?;
         let plan = check_data_dir(args, &layout)?;
@@ -1230,6 +1284,7 @@ async fn restore_local_rdb(args: &RestoreArgs) -> anyhow::Result<u8> {
         .expect("walker thread panicked")
         .map_err(|err| anyhow!("cannot read {}: {err}", path.display()))?
         .map_err(|failure| anyhow!("{} is not a valid RDB file: {failure}; nothing was changed", path.display()))?;
+        check_server_loads(summary.version, args)?;
         if args.dry_run {
             print_data_dir_plan(&layout, &plan, true);
             return Ok(0);
@@ -1253,10 +1308,11 @@ async fn restore_local_rdb(args: &RestoreArgs) -> anyhow::Result<u8> {
         .expect("walker thread panicked")
         .map_err(|failure| anyhow!("{} is not a valid RDB file: {failure}; nothing was loaded", path.display()))?;
     println!("checked {} ({} keys, RDB version {})", path.display(), summary.keys(), summary.version);
-    load_into(path, summary.version, &server, args).await
+    let highest_db = summary.databases.keys().max().copied().unwrap_or(0);
+    load_into(path, summary.version, highest_db, &server, args).await
 }
 
-/// The server named by --into, with the credentials the options name.
+/// Builds the source for the server named by --into, with the credentials the options name.
 fn into_server(args: &RestoreArgs) -> anyhow::Result<RedisSource> {
     let Some(url) = &args.into else { unreachable!("clap requires a mode, and --rdb supports --into and --drill") };
     let password = match (&args.password_env, &args.password_file) {
@@ -1277,7 +1333,7 @@ fn into_server(args: &RestoreArgs) -> anyhow::Result<RedisSource> {
     Ok(RedisSource::new(&settings, password, None)?)
 }
 
-/// A private folder for a verified copy of the RDB, removed when dropped.
+/// Creates a private folder for a verified copy of the RDB, removed when dropped.
 fn work_folder(args: &RestoreArgs) -> anyhow::Result<tempfile::TempDir> {
     let work_dir = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     tempfile::Builder::new()
@@ -1286,9 +1342,15 @@ fn work_folder(args: &RestoreArgs) -> anyhow::Result<tempfile::TempDir> {
         .map_err(|err| anyhow!("cannot create a folder in {}: {err}; pass --work-dir", work_dir.display()))
 }
 
-async fn load_into(path: &Path, rdb_version: u32, server: &RedisSource, args: &RestoreArgs) -> anyhow::Result<u8> {
+async fn load_into(
+    path: &Path,
+    rdb_version: u32,
+    highest_db: u64,
+    server: &RedisSource,
+    args: &RestoreArgs,
+) -> anyhow::Result<u8> {
     let options = live::LoadOptions { flush: args.flush, on_conflict: args.on_conflict, dry_run: args.dry_run };
-    let report = live::load(path, rdb_version, server, options).await?;
+    let report = live::load(path, rdb_version, highest_db, server, options).await?;
     print_load_report(&report, server.display_url(), args);
     // A dry run fails where the real run would refuse.
     let refused = report.dry_run && !args.flush && report.existing > 0 && args.on_conflict == OnConflict::Fail;
@@ -1315,10 +1377,14 @@ fn print_load_report(report: &live::LoadReport, url: &str, args: &RestoreArgs) {
         }
         return;
     }
-    let rate = report.loaded as f64 / (report.load_ms.max(1) as f64 / 1000.0);
+    // A rate over a few milliseconds means nothing.
+    let rate = match report.load_ms {
+        0..100 => String::new(),
+        ms => format!(" ({:.0} keys/s)", report.loaded as f64 / (ms as f64 / 1000.0)),
+    };
     println!(
-        "loaded {} key(s) into {url} (Redis {}) in {:.1} s ({rate:.0} keys/s){}; skipped {} already expired, {} \
-         existing; {} failed{}",
+        "loaded {} key(s) into {url} (Redis {}) in {:.1} s{rate}{}; skipped {} already expired, {} existing; {} \
+         failed{}",
         report.loaded,
         report.server_version,
         report.load_ms as f64 / 1000.0,
@@ -1354,7 +1420,7 @@ async fn restore_to_file(config: &Config, args: &RestoreArgs, to: &Path) -> anyh
     }
     let backup = select_backup(config, args.job.as_deref(), args.target.as_deref(), &args.backup).await?;
     if args.dry_run {
-        let verification = restore::verify(&backup, None).await;
+        let verification = restore::verify_rdb(&backup, None).await;
         if !verification.ok() {
             bail!("backup {} failed verification:\n  {}", verification.id, verification.problems().join("\n  "));
         }
@@ -1469,6 +1535,20 @@ fn inspect(path: &Path, json: bool) -> u8 {
     }
 }
 
+/// Connects to a job's Redis and reads its version and role; for a job
+/// with include_aof, also finds its AOF.
+async fn probe_job(job: &config::Job) -> anyhow::Result<crate::source::ServerInfo> {
+    let password =
+        job.redis.password.as_ref().map(|source| source.resolve()).transpose().map_err(|message| anyhow!(message))?;
+    let source = RedisSource::new(&job.redis, password, job.rdb_path.clone())?;
+    let info = source.probe().await?;
+    // A job that ships the AOF needs a server that writes one.
+    if job.include_aof {
+        source.aof_location(job.aof_path.as_deref()).await?;
+    }
+    Ok(info)
+}
+
 async fn check(path: &Path, probe: bool) -> u8 {
     let config = match config::load_checked(path) {
         Ok(config) => config,
@@ -1483,15 +1563,7 @@ async fn check(path: &Path, probe: bool) -> u8 {
     let mut failed = false;
     if probe {
         for job in &config.jobs {
-            let password = job.redis.password.as_ref().map(|source| source.resolve()).transpose();
-            let result = match password {
-                Err(message) => Err(anyhow!(message)),
-                Ok(password) => match RedisSource::new(&job.redis, password, job.rdb_path.clone()) {
-                    Ok(source) => source.probe().await.map_err(anyhow::Error::from),
-                    Err(err) => Err(err.into()),
-                },
-            };
-            match result {
+            match probe_job(job).await {
                 Ok(info) => println!(
                     "job {}: Redis {} ({}) reachable at {}",
                     job.name,

@@ -130,6 +130,12 @@ async fn run(
     let started = Instant::now();
     tracing::info!(redis = %source.display_url(), targets = targets.len(), "backup started");
 
+    // Found before the snapshot, so that a server without AOF fails the run
+    // before it saves.
+    let aof_dir = match job.include_aof {
+        true => Some(source.aof_location(job.aof_path.as_deref()).await?),
+        false => None,
+    };
     let snapshot = source.take_snapshot(job.snapshot_timeout).await?;
     tracing::info!(
         path = %snapshot.path.display(),
@@ -140,8 +146,7 @@ async fn run(
         "snapshot written"
     );
     // The AOF as it is on disk right after the snapshot, held open.
-    let held_aof = if job.include_aof {
-        let dir = source.aof_location(job.aof_path.as_deref()).await?;
+    let held_aof = if let Some(dir) = aof_dir {
         let held = tokio::task::spawn_blocking(move || crate::aof::capture::hold(&dir))
             .await
             .expect("AOF capture thread panicked")

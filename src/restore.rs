@@ -140,8 +140,19 @@ struct Measured {
     walk: Option<Result<rdb::Summary, rdb::Failure>>,
 }
 
-/// Downloads and checks a backup; with `sink`, also writes the RDB there.
+/// Downloads and checks a backup, its AOF archive included; with `sink`,
+/// also writes the RDB there.
 pub async fn verify(backup: &Backup, sink: Option<std::fs::File>) -> Verification {
+    let mut verification = verify_rdb(backup, sink).await;
+    if backup.manifest.aof.is_some() {
+        verify_aof(backup, None, &mut verification).await;
+    }
+    verification
+}
+
+/// Downloads and checks the backup's RDB artifact alone; with `sink`, also
+/// writes the RDB there. Restoring the RDB does not depend on the AOF.
+pub async fn verify_rdb(backup: &Backup, sink: Option<std::fs::File>) -> Verification {
     let manifest = &backup.manifest;
     let mut verification = Verification {
         id: manifest.id.clone(),
@@ -168,9 +179,6 @@ pub async fn verify(backup: &Backup, sink: Option<std::fs::File>) -> Verificatio
     let measured =
         tokio::task::spawn_blocking(move || measure(bridge, sink)).await.expect("verification thread panicked");
     compare(manifest, measured, &mut verification);
-    if manifest.aof.is_some() {
-        verify_aof(backup, None, &mut verification).await;
-    }
     verification
 }
 
@@ -510,7 +518,7 @@ pub async fn restore_to_file(backup: &Backup, destination: &Path, force: bool) -
     };
     let guard = RemoveOnDrop(Some(staging.clone()));
     let sync_handle = file.try_clone().map_err(|err| dest_error(err.to_string()))?;
-    let verification = verify(backup, Some(file)).await;
+    let verification = verify_rdb(backup, Some(file)).await;
     if !verification.ok() {
         return Err(RestoreError::Verification {
             id: verification.id.clone(),

@@ -283,6 +283,9 @@ fn corruption_in_middle_is_refused() {
         "{}",
         stdout(&output)
     );
+    let output = sessbackup(&["inspect", "--json", data.to_str().unwrap()]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report["commands"].as_u64().unwrap() >= 10, "commands before the damage are not counted: {report}");
     let work = tempfile::tempdir().unwrap();
     let rebuilt = work.path().join("out.rdb");
     let args = ["restore", "--aof", data.to_str().unwrap(), "--to", rebuilt.to_str().unwrap(), "--truncate-tail"];
@@ -350,6 +353,9 @@ fn backup_ships_aof_and_restores_from_it() {
     let output = setup.run(&["restore", "--from-aof", "--drill"]);
     assert_exit(&output, 1, "restore --from-aof of a damaged archive");
     assert!(stderr(&output).contains("failed verification, nothing was changed"), "{}", stderr(&output));
+    // The RDB does not depend on the AOF archive.
+    let from_rdb = setup.path("from-rdb.rdb");
+    assert_success(&setup.run(&["restore", "--to", from_rdb.to_str().unwrap()]), "restore of the RDB");
 }
 
 #[test]
@@ -361,4 +367,41 @@ fn include_aof_needs_appendonly() {
     assert_exit(&output, 1, "include_aof against a server without AOF");
     assert!(stderr(&output).contains("runs with appendonly no"), "{}", stderr(&output));
     assert!(setup.backup_files().is_empty(), "{:?}", setup.backup_files());
+    // Found before the snapshot: the server did not save for nothing.
+    assert_eq!(redis.info_field("persistence", "rdb_saves").as_deref(), Some("0"));
+    let output = setup.run(&["check", "--probe"]);
+    assert_exit(&output, 1, "check --probe of an include_aof job without AOF");
+    assert!(stderr(&output).contains("runs with appendonly no"), "{}", stderr(&output));
+}
+
+#[test]
+fn until_before_last_rewrite_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let Some(redis) = aof_server(&data) else { return };
+    redis.cmd::<()>(&["SET", "early", "1"]);
+    let before_rewrite = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    std::thread::sleep(Duration::from_millis(1100));
+    let _: String = redis.cmd(&["BGREWRITEAOF"]);
+    common::wait_for(Duration::from_secs(10), "the AOF rewrite to finish", || {
+        redis.info_field("persistence", "aof_rewrite_in_progress").as_deref() == Some("0")
+            && redis.info_field("persistence", "aof_rewrite_scheduled").as_deref() == Some("0")
+    });
+    let aof_dir = data.join("appendonlydir");
+
+    let until = before_rewrite.to_string();
+    let output = sessbackup(&["restore", "--aof", aof_dir.to_str().unwrap(), "--drill", "--until", &until]);
+    assert_exit(&output, 1, "restore --aof --until before the last rewrite");
+    assert!(stderr(&output).contains("cannot go back before its last rewrite"), "{}", stderr(&output));
+
+    let incr = std::fs::read_dir(&aof_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| path.to_string_lossy().ends_with(".incr.aof"))
+        .unwrap();
+    let output = sessbackup(&["restore", "--aof", incr.to_str().unwrap(), "--drill"]);
+    assert_exit(&output, 1, "restore --aof of an incremental file alone");
+    assert!(stderr(&output).contains("without its base"), "{}", stderr(&output));
 }

@@ -117,6 +117,30 @@ fn owner_and_mode_are_kept() {
 }
 
 #[test]
+fn rdb_too_new_for_installed_redis() {
+    let Some(source) = Redis::start(&[]) else { return };
+    fill_sessions(&source, 20);
+    let _: String = source.cmd(&["SAVE"]);
+    let mut bytes = std::fs::read(source.rdb_path()).unwrap();
+    // The same keys, as if Redis 7.2 (RDB version 11) had written them.
+    bytes[5..9].copy_from_slice(b"0011");
+    let body = bytes.len() - 8;
+    let crc = crc::Crc::<u64>::new(&crc::CRC_64_REDIS).checksum(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    let home = tempfile::tempdir().unwrap();
+    let newer = home.path().join("v11.rdb");
+    std::fs::write(&newer, bytes).unwrap();
+    let dir = home.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+
+    let output =
+        common::sessbackup(&["restore", "--rdb", newer.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()]);
+    assert_exit(&output, 1, "an RDB 11 file into the data directory of Redis 7.0");
+    assert!(stderr(&output).contains("which loads RDB versions up to 10"), "{}", stderr(&output));
+    assert!(!dir.join("dump.rdb").exists(), "the file was installed");
+}
+
+#[test]
 fn old_redis_gets_manual_steps() {
     let Some((_source, setup)) = backed_up_source() else { return };
     let home = tempfile::tempdir().unwrap();

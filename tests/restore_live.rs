@@ -127,6 +127,35 @@ fn dry_run_changes_nothing() {
 }
 
 #[test]
+fn too_few_databases_refused_before_loading() {
+    let Some(source) = Redis::start(&[]) else { return };
+    fill_sessions(&source, 50);
+    let mut connection = source.connection();
+    redis::cmd("SELECT").arg(3).query::<()>(&mut connection).unwrap();
+    redis::cmd("SET").arg("in-db-3").arg("x").query::<()>(&mut connection).unwrap();
+    let setup = Setup::new(&source.url(), "");
+    assert_success(&setup.run(&["backup"]), "backup with a key in database 3");
+    let Some(target) = Redis::start(&["--databases", "2"]) else { return };
+
+    let output = setup.run(&["restore", "--into", &target.url()]);
+    assert_exit(&output, 1, "restore --into a server with two databases");
+    let message = stderr(&output);
+    assert!(message.contains("keys in database 3"), "{message}");
+    assert!(message.contains("`databases` setting to at least 4"), "{message}");
+    assert!(target.keyspace().is_empty(), "keys were loaded: {:?}", target.keyspace());
+}
+
+#[test]
+fn local_rdb_rejects_aof_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let rdb = dir.path().join("dump.rdb");
+    std::fs::write(&rdb, b"not read").unwrap();
+    let output = common::sessbackup(&["restore", "--rdb", rdb.to_str().unwrap(), "--drill", "--until", "5"]);
+    assert_exit(&output, 2, "restore --rdb with --until");
+    assert!(stderr(&output).contains("apply to --aof and --from-aof"), "{}", stderr(&output));
+}
+
+#[test]
 fn replica_is_refused() {
     let Some((_source, setup)) = backed_up_source() else { return };
     let Some(primary) = Redis::start(&[]) else { return };
@@ -202,7 +231,7 @@ fn restore_drill_allows_for_expired_keys() {
     let output = setup.run(&["restore", "--drill", "--work-dir", work.path().to_str().unwrap()]);
     assert_success(&output, "restore --drill");
     let text = stdout(&output);
-    assert!(text.contains("(1 to 1 had expired, which Redis drops)"), "{text}");
+    assert!(text.contains("(1 had expired, which Redis drops)"), "{text}");
     assert!(text.contains("passed"), "{text}");
     let leftovers: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
     assert!(leftovers.is_empty(), "files left in the work folder: {leftovers:?}");

@@ -278,6 +278,8 @@ pub struct FileReport {
     pub rdb_version: Option<u32>,
     /// Keys in the RDB part.
     pub rdb_keys: Option<u64>,
+    /// When the RDB part was written (its `ctime`, Unix seconds).
+    pub rdb_ctime: Option<i64>,
     pub commands: u64,
     pub first_timestamp: Option<i64>,
     pub last_timestamp: Option<i64>,
@@ -313,6 +315,9 @@ pub struct Inspection {
     pub cut: Option<Cut>,
     /// `until` was given, but no file has `#TS:` annotations.
     pub no_timestamps: bool,
+    /// `until` is earlier than the base's RDB `ctime`: the AOF cannot go
+    /// back that far.
+    pub until_before_base: Option<i64>,
 }
 
 impl Inspection {
@@ -324,13 +329,25 @@ impl Inspection {
 /// Reads every file of `set` to its end. With `until` (Unix seconds), the
 /// load stops at the first `#TS:` annotation later than it.
 pub fn inspect(set: &AofSet, until: Option<i64>) -> Inspection {
-    let mut inspection =
-        Inspection { kind: set.kind, files: Vec::new(), commands: 0, problem: None, cut: None, no_timestamps: false };
+    let mut inspection = Inspection {
+        kind: set.kind,
+        files: Vec::new(),
+        commands: 0,
+        problem: None,
+        cut: None,
+        no_timestamps: false,
+        until_before_base: None,
+    };
     let mut any_timestamp = false;
     let last = set.files.len().saturating_sub(1);
     for (index, file) in set.files.iter().enumerate() {
         let (report, outcome) = inspect_file(file, until);
         any_timestamp |= report.first_timestamp.is_some();
+        if let (Some(until), Some(ctime)) = (until, report.rdb_ctime)
+            && ctime > until
+        {
+            inspection.until_before_base = Some(ctime);
+        }
         inspection.commands += report.commands;
         inspection.files.push(report);
         match outcome {
@@ -402,6 +419,7 @@ pub(crate) fn check_stream(
         bytes,
         rdb_version: None,
         rdb_keys: None,
+        rdb_ctime: None,
         commands: 0,
         first_timestamp: None,
         last_timestamp: None,
@@ -422,6 +440,7 @@ pub(crate) fn check_stream(
         Ok((summary, buffered, remaining)) => {
             report.rdb_version = Some(summary.version);
             report.rdb_keys = Some(summary.keys());
+            report.rdb_ctime = summary.aux_field("ctime").and_then(|ctime| ctime.parse().ok());
             let rest = BufReader::with_capacity(256 * 1024, io::Cursor::new(buffered).chain(remaining));
             let outcome = read_commands(rest, summary.rdb_bytes, until, &mut report);
             (report, outcome)
@@ -469,6 +488,7 @@ fn read_commands(rest: impl io::BufRead, start: u64, until: Option<i64>, report:
             FileOutcome::Torn { valid_up_to, message }
         }
         Err(reader::Error::Corrupt { offset, message }) | Err(reader::Error::Io { offset, message }) => {
+            report.commands = commands_before;
             FileOutcome::Invalid { offset, message }
         }
     }

@@ -130,9 +130,14 @@ impl SecretSource {
                     Err(format!("environment variable {variable} ({key}) is set but empty; export the secret"))
                 }
                 Ok(value) => Ok(Secret::new(value)),
-                Err(std::env::VarError::NotPresent) => Err(format!(
-                    "environment variable {variable} ({key}) is not set; export it, or name a file with the _file key"
-                )),
+                Err(std::env::VarError::NotPresent) => {
+                    // Options on the command line start with "--"; keys of the file do not.
+                    let alternative = match key.strip_suffix("-env") {
+                        Some(option) if key.starts_with("--") => format!("use {option}-file"),
+                        _ => "name a file with the _file key".to_string(),
+                    };
+                    Err(format!("environment variable {variable} ({key}) is not set; export it, or {alternative}"))
+                }
                 Err(std::env::VarError::NotUnicode(_)) => {
                     Err(format!("environment variable {variable} ({key}) is not valid UTF-8"))
                 }

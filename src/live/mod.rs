@@ -83,6 +83,11 @@ pub enum Error {
          upgrade that server first"
     )]
     TooNew { rdb_version: u32, written_by: String, server_version: String, url: String, server_rdb_version: u32 },
+    #[error(
+        "the backup has keys in database {db}, but {url} refuses SELECT {db} ({message}); raise its `databases` \
+         setting to at least {} and restart it", .db + 1
+    )]
+    Databases { url: String, db: u64, message: String },
     #[error("{url} is a replica (role:{role}); restore into its primary, which replicates the keys")]
     Replica { url: String, role: String },
     #[error(
@@ -150,6 +155,7 @@ fn major_minor(version: &str) -> Option<(u32, u32)> {
 pub async fn load(
     path: &Path,
     rdb_version: u32,
+    highest_db: u64,
     server: &RedisSource,
     options: LoadOptions,
 ) -> Result<LoadReport, Error> {
@@ -193,6 +199,19 @@ pub async fn load(
     }
     if cluster.get("cluster_enabled").map(String::as_str) == Some("1") {
         return Err(Error::Cluster { url });
+    }
+    // A server with fewer databases would fail SELECT in the middle of the
+    // load, after keys of earlier databases were written.
+    if highest_db > 0 {
+        let selected: redis::RedisResult<()> = redis::cmd("SELECT").arg(highest_db).query_async(&mut connection).await;
+        if let Err(err) = selected {
+            return Err(Error::Databases { url, db: highest_db, message: err.to_string() });
+        }
+        redis::cmd("SELECT")
+            .arg(0)
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|err| command_error("SELECT", err))?;
     }
 
     // Keys that already exist matter unless the server is emptied first,
