@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod pipeline;
 pub mod rdb;
 pub mod restore;
+pub mod retention;
 pub mod schedule;
 pub mod scratch;
 pub mod secret;
