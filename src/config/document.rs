@@ -215,6 +215,18 @@ impl<'a, 'i> Fields<'a, 'i> {
         out
     }
 
+    /// Reads a sub-table, such as `[job.retention]` or `[daemon]`.
+    pub(super) fn table(&mut self, problems: &mut Problems<'_>, key: &str) -> Option<(&'a DeTable<'i>, Span)> {
+        let value = self.get(key)?;
+        match value.get_ref() {
+            DeValue::Table(table) => Some((table, value.span())),
+            _ => {
+                self.wrong_type(problems, key, value, &format!("a table ([{key}])"));
+                None
+            }
+        }
+    }
+
     /// Reports every key that was not read as unknown.
     pub(super) fn finish(self, problems: &mut Problems<'_>) {
         let mut unknown: BTreeMap<usize, String> = BTreeMap::new();
@@ -274,4 +286,57 @@ pub(super) fn is_valid_name(name: &str) -> bool {
     matches!(chars.next(), Some(first) if first.is_ascii_alphanumeric())
         && name.len() <= 64
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Reads a `retention` table: the keep_* rules. A table with no rule on is a
+/// problem, because leaving the table out already keeps every backup.
+pub(super) fn retention(
+    table: &DeTable<'_>,
+    span: Span,
+    problems: &mut Problems<'_>,
+    context: &str,
+) -> Option<crate::retention::Policy> {
+    let mut fields = Fields::new(table, "[retention]");
+    let mut count = |fields: &mut Fields<'_, '_>, key: &str| -> u32 {
+        match fields.integer(problems, key) {
+            Some((value, _)) if (0..=100_000).contains(&value) => value as u32,
+            Some((value, value_span)) => {
+                problems.add(value_span, format!("{context}: retention {key} = {value} must be 0 (off) to 100000"));
+                0
+            }
+            None => 0,
+        }
+    };
+    let keep_last = count(&mut fields, "keep_last");
+    let keep_hourly = count(&mut fields, "keep_hourly");
+    let keep_daily = count(&mut fields, "keep_daily");
+    let keep_weekly = count(&mut fields, "keep_weekly");
+    let keep_monthly = count(&mut fields, "keep_monthly");
+    let keep_yearly = count(&mut fields, "keep_yearly");
+    let keep_within = fields.string(problems, "keep_within").and_then(|(text, value_span)| {
+        crate::retention::parse_duration(&text)
+            .map_err(|message| problems.add(value_span, format!("{context}: retention keep_within: {message}")))
+            .ok()
+    });
+    fields.finish(problems);
+    let policy = crate::retention::Policy {
+        keep_last,
+        keep_within,
+        keep_hourly,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+        keep_yearly,
+    };
+    if !policy.has_rule() {
+        problems.add(
+            span,
+            format!(
+                "{context}: the retention table sets no rule (all are 0 or missing); to keep every backup, leave \
+                 the table out"
+            ),
+        );
+        return None;
+    }
+    Some(policy)
 }

@@ -33,6 +33,7 @@ const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 pub struct Config {
     pub jobs: Vec<Job>,
     pub targets: Vec<Target>,
+    pub daemon: Daemon,
     /// Non-fatal remarks, such as a target no job uses.
     pub warnings: Vec<String>,
 }
@@ -52,6 +53,36 @@ pub struct Job {
     /// The `appendonlydir/` on this host's file system, when `CONFIG GET dir`
     /// and `appenddirname` cannot be used or name a path that differs here.
     pub aof_path: Option<PathBuf>,
+    /// When the daemon runs the job; `None` for jobs run only by `backup`.
+    pub schedule: Option<crate::schedule::Schedule>,
+    /// Zone of the schedule and of retention's calendar buckets.
+    pub timezone: chrono_tz::Tz,
+    /// Random delay before each scheduled run, up to this many seconds.
+    pub jitter: Duration,
+    /// Run once at start-up if a scheduled run was missed while the daemon was down.
+    pub catch_up: bool,
+    /// The job counts as overdue when its last success is older than its
+    /// previous scheduled time by more than this.
+    pub alert_after: Option<chrono::Duration>,
+    /// Default retention for the job's targets that set none.
+    pub retention: Option<crate::retention::Policy>,
+}
+
+/// Settings of `sessbackup daemon`.
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    /// Where the daemon keeps lock files and the time of each job's last run.
+    pub state_dir: Option<PathBuf>,
+    /// How long a running backup may take to finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// Address of the Prometheus metrics endpoint, if any.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon { state_dir: None, shutdown_timeout: Duration::from_secs(60), metrics_listen: None }
+    }
 }
 
 /// How to reach and authenticate to Redis.
@@ -243,6 +274,10 @@ fn parse_with(text: &str, check_environment: bool) -> Result<Config, Vec<Problem
     let mut root = Fields::new(document.get_ref(), "top level");
     let job_tables = root.array_of_tables(&mut problems, "job");
     let target_tables = root.array_of_tables(&mut problems, "target");
+    let daemon = match root.table(&mut problems, "daemon") {
+        Some((table, _)) => parse_daemon(table, &mut problems),
+        None => Daemon::default(),
+    };
     root.finish(&mut problems);
 
     let mut targets = Vec::new();
@@ -284,7 +319,7 @@ fn parse_with(text: &str, check_environment: bool) -> Result<Config, Vec<Problem
     }
 
     if problems.list.is_empty() {
-        Ok(Config { jobs, targets, warnings })
+        Ok(Config { jobs, targets, daemon, warnings })
     } else {
         problems.list.sort_by_key(|problem| problem.line.unwrap_or(usize::MAX));
         Err(problems.list)
@@ -315,7 +350,43 @@ fn parse_job(
     let targets = fields.string_array(problems, "targets");
     let include_aof = fields.boolean(problems, "include_aof").is_some_and(|(value, _)| value);
     let aof_path = fields.string(problems, "aof_path");
+    let schedule = fields.string(problems, "schedule");
+    let timezone = fields.string(problems, "timezone");
+    let jitter = fields.integer(problems, "jitter_secs");
+    let catch_up = fields.boolean(problems, "catch_up").is_some_and(|(value, _)| value);
+    let alert_after = fields.string(problems, "alert_after");
+    let retention = fields.table(problems, "retention");
+    let retention = retention.and_then(|(table, span)| document::retention(table, span, problems, &context));
     fields.finish(problems);
+
+    let timezone = match timezone {
+        None => chrono_tz::Tz::UTC,
+        Some((zone, span)) => zone.parse().unwrap_or_else(|_| {
+            problems.add(
+                span,
+                format!("{context}: timezone {zone:?} is not an IANA zone name; use for example \"Europe/Berlin\" or \"UTC\""),
+            );
+            chrono_tz::Tz::UTC
+        }),
+    };
+    let schedule = schedule.and_then(|(expression, span)| {
+        crate::schedule::Schedule::parse(&expression, timezone.name())
+            .map_err(|message| problems.add(span, format!("{context}: {message}")))
+            .ok()
+    });
+    let jitter = match jitter {
+        None => Duration::ZERO,
+        Some((secs, _)) if (0..=86_400).contains(&secs) => Duration::from_secs(secs as u64),
+        Some((secs, span)) => {
+            problems.add(span, format!("{context}: jitter_secs {secs} is out of range; use 0 to 86400"));
+            Duration::ZERO
+        }
+    };
+    let alert_after = alert_after.and_then(|(text, span)| {
+        crate::retention::parse_duration(&text)
+            .map_err(|message| problems.add(span, format!("{context}: alert_after: {message}")))
+            .ok()
+    });
 
     let url = match url {
         None => {
@@ -457,7 +528,48 @@ fn parse_job(
         targets,
         include_aof,
         aof_path,
+        schedule,
+        timezone,
+        jitter,
+        catch_up,
+        alert_after,
+        retention,
     })
+}
+
+fn parse_daemon(table: &DeTable<'_>, problems: &mut Problems<'_>) -> Daemon {
+    let mut fields = Fields::new(table, "[daemon]");
+    let state_dir = fields.string(problems, "state_dir");
+    let shutdown_timeout = fields.integer(problems, "shutdown_timeout_secs");
+    let metrics_listen = fields.string(problems, "metrics_listen");
+    fields.finish(problems);
+    let mut daemon = Daemon::default();
+    if let Some((path, span)) = state_dir {
+        if Path::new(&path).is_absolute() {
+            daemon.state_dir = Some(PathBuf::from(path));
+        } else {
+            problems.add(span, format!("[daemon] state_dir {path:?} must be an absolute path"));
+        }
+    }
+    match shutdown_timeout {
+        Some((secs, _)) if (1..=86_400).contains(&secs) => daemon.shutdown_timeout = Duration::from_secs(secs as u64),
+        Some((secs, span)) => {
+            problems.add(span, format!("[daemon] shutdown_timeout_secs {secs} is out of range; use 1 to 86400"))
+        }
+        None => {}
+    }
+    if let Some((address, span)) = metrics_listen {
+        match address.parse() {
+            Ok(address) => daemon.metrics_listen = Some(address),
+            Err(_) => problems.add(
+                span,
+                format!(
+                    "[daemon] metrics_listen {address:?} is not an address and port; use for example \"127.0.0.1:9187\""
+                ),
+            ),
+        }
+    }
+    daemon
 }
 
 /// Accepts `redis://`, `rediss://` and `unix://` URLs; returns whether the URL
@@ -517,6 +629,50 @@ path = "/var/backups/sessbackup"
 
     fn problems(text: &str) -> Vec<Problem> {
         parse(text).expect_err("expected problems")
+    }
+
+    #[test]
+    fn schedule_and_retention_parse() {
+        let text = MINIMAL.replace(
+            "targets = [\"local\"]",
+            "targets = [\"local\"]\nschedule = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\njitter_secs = 30\n\
+             alert_after = \"6h\"\n[job.retention]\nkeep_daily = 7\nkeep_within = \"36h\"",
+        ) + "[target.retention]\nkeep_last = 3\n[daemon]\nstate_dir = \"/var/lib/sessbackup\"\nmetrics_listen = \"127.0.0.1:9187\"\n";
+        let config = parse(&text).unwrap();
+        let job = &config.jobs[0];
+        assert_eq!(job.schedule.as_ref().unwrap().expression(), "30 2 * * *");
+        assert_eq!(job.timezone, chrono_tz::Europe::Berlin);
+        assert_eq!(job.jitter, Duration::from_secs(30));
+        assert_eq!(job.alert_after, Some(chrono::Duration::hours(6)));
+        let retention = job.retention.as_ref().unwrap();
+        assert_eq!(retention.keep_daily, 7);
+        assert_eq!(retention.keep_within, Some(chrono::Duration::hours(36)));
+        assert_eq!(config.targets[0].retention.as_ref().unwrap().keep_last, 3);
+        assert_eq!(config.daemon.state_dir, Some(PathBuf::from("/var/lib/sessbackup")));
+        assert_eq!(config.daemon.metrics_listen, Some("127.0.0.1:9187".parse().unwrap()));
+    }
+
+    #[test]
+    fn empty_retention_is_rejected() {
+        let text = MINIMAL.to_string() + "[target.retention]\nkeep_last = 0\n";
+        let message = messages(&text);
+        assert!(message.contains("the retention table sets no rule"), "{message}");
+        assert!(message.contains("leave the table out"), "{message}");
+    }
+
+    #[test]
+    fn schedule_problems_are_reported() {
+        let text = MINIMAL.replace(
+            "targets = [\"local\"]",
+            "targets = [\"local\"]\nschedule = \"61 * * * *\"\ntimezone = \"Europe/Nowhere\"\n\
+             [job.retention]\nkeep_within = \"5 minutes\"",
+        ) + "[daemon]\nmetrics_listen = \"localhost\"\nshutdown_timeout_secs = 0\n";
+        let message = messages(&text);
+        assert!(message.contains("timezone \"Europe/Nowhere\" is not an IANA zone name"), "{message}");
+        assert!(message.contains("schedule \"61 * * * *\" is invalid"), "{message}");
+        assert!(message.contains("keep_within: duration \"5 minutes\" is invalid"), "{message}");
+        assert!(message.contains("metrics_listen \"localhost\" is not an address and port"), "{message}");
+        assert!(message.contains("shutdown_timeout_secs 0 is out of range"), "{message}");
     }
 
     fn messages(text: &str) -> String {

@@ -13,6 +13,9 @@ use super::document::{Fields, Problems, Span, seconds};
 pub struct Target {
     pub name: String,
     pub kind: TargetKind,
+    /// Which backups this target keeps; `None` falls back to the job's
+    /// retention, and without that every backup is kept.
+    pub retention: Option<crate::retention::Policy>,
 }
 
 #[derive(Debug, Clone)]
@@ -118,9 +121,12 @@ pub(super) fn parse_target(
             }
         },
     };
+    let retention = fields
+        .table(problems, "retention")
+        .and_then(|(table, retention_span)| super::document::retention(table, retention_span, problems, &context));
     fields.finish(problems);
     let target = match (&name, kind) {
-        (Some(name), Some(kind)) => Some(Target { name: name.clone(), kind }),
+        (Some(name), Some(kind)) => Some(Target { name: name.clone(), kind, retention }),
         _ => None,
     };
     (name, target)
