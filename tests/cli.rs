@@ -83,7 +83,7 @@ fn check_reports_all_problems_with_exit_78() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        "[[job]]\nname = \"sessions\"\nredis_url = \"redis://127.0.0.1:6379/\"\ncompression_level = 30\ntargets = [\"nas\"]\nretention = 3\n\n\
+        "[[job]]\nname = \"sessions\"\nredis_url = \"redis://127.0.0.1:6379/\"\ncompression_level = 30\ntargets = [\"nas\"]\nretension = 3\n\n\
          [[target]]\nname = \"local\"\ntype = \"local\"\npath = \"relative/dir\"\n",
     )
     .unwrap();
@@ -93,7 +93,7 @@ fn check_reports_all_problems_with_exit_78() {
     for expected in [
         "line 4: job \"sessions\": compression_level 30",
         "line 5:",
-        "line 6: unknown key \"retention\"",
+        "line 6: unknown key \"retension\"",
         "line 11: target \"local\": path",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
