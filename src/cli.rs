@@ -135,6 +135,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete the backups that the retention rules no longer keep, and
+    /// staging files of interrupted uploads older than a day.
+    Prune {
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
+        /// Print every decision, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Decide as if it were this time (RFC 3339), to see what a policy
+        /// will do later.
+        #[arg(long, value_name = "TIME")]
+        now: Option<String>,
+        /// Print the decisions as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration file and report every problem.
     Check {
         /// Also connect to each job's Redis, and log in to each target and list it (writes nothing).
@@ -333,6 +351,9 @@ async fn run(cli: Cli) -> u8 {
                     verify(&config, job.as_deref(), target.as_deref(), &backup, json, drill).await
                 }
                 Command::Restore(args) => restore(&config, &args).await,
+                Command::Prune { job, target, dry_run, now, json } => {
+                    prune(&config, job.as_deref(), target.as_deref(), dry_run, now.as_deref(), json).await
+                }
                 Command::Inspect { .. } | Command::Check { .. } => unreachable!("handled above"),
             }
         }
@@ -439,7 +460,7 @@ async fn backup(config: &Config, job_name: Option<&str>, json: bool) -> anyhow::
 async fn backup_job(config: &Config, job: &config::Job) -> anyhow::Result<pipeline::RunReport> {
     // Held until the run ends: see the lock module for why runs of one job
     // must not overlap.
-    let _lock = crate::lock::acquire(&job.name)?;
+    let _lock = crate::lock::acquire(&crate::lock::state_folder(config.daemon.state_dir.as_deref()), &job.name)?;
     let password = match &job.redis.password {
         Some(source) => Some(source.resolve().map_err(|message| anyhow!(message))?),
         None => None,
@@ -466,7 +487,29 @@ async fn backup_job(config: &Config, job: &config::Job) -> anyhow::Result<pipeli
         let errors: Vec<String> = unusable.into_iter().filter_map(|outcome| outcome.error).collect();
         bail!("no target of job {} can be used: {}", job.name, errors.join("; "));
     }
-    Ok(pipeline::run_backup(job, &source, &targets, unusable).await?)
+    let mut report = pipeline::run_backup(job, &source, &targets, unusable).await?;
+    // Retention runs only where this backup arrived: while runs fail, old
+    // backups must stay.
+    for outcome in report.targets.iter().filter(|outcome| outcome.published) {
+        let Some(policy) = policy_for(config, job, &outcome.target) else { continue };
+        let Some(target) = targets.iter().find(|target| target.name() == outcome.target) else { continue };
+        match crate::prune::prune(target, &job.name, policy, job.timezone, chrono::Utc::now(), false).await {
+            Ok(pruned) => {
+                tracing::info!(
+                    target = %outcome.target,
+                    deleted = pruned.deleted.len(),
+                    kept = pruned.decisions.iter().filter(|decision| decision.keep).count(),
+                    "retention applied"
+                );
+                for problem in &pruned.problems {
+                    tracing::warn!(target = %outcome.target, "retention: {problem}");
+                }
+                report.pruned.push(pruned);
+            }
+            Err(err) => tracing::warn!(target = %outcome.target, error = %err, "retention could not list the target"),
+        }
+    }
+    Ok(report)
 }
 
 fn print_run(report: &pipeline::RunReport) {
@@ -482,6 +525,11 @@ fn print_run(report: &pipeline::RunReport) {
                 report.keys
             ),
             Some(error) => println!("{} {}: NOT published to {}: {error}", report.job, report.id, outcome.target),
+        }
+    }
+    for pruned in &report.pruned {
+        if !pruned.deleted.is_empty() {
+            println!("{}: retention deleted {} backup(s) on {}", report.job, pruned.deleted.len(), pruned.target);
         }
     }
 }
@@ -1532,6 +1580,95 @@ fn inspect(path: &Path, json: bool) -> u8 {
     match error {
         None => 0,
         Some(_) => EXIT_FAILURE,
+    }
+}
+
+/// The retention policy of a job on a target: the target's, else the job's.
+fn policy_for<'c>(config: &'c Config, job: &'c config::Job, target: &str) -> Option<&'c crate::retention::Policy> {
+    config.target(target).and_then(|target| target.retention.as_ref()).or(job.retention.as_ref())
+}
+
+async fn prune(
+    config: &Config,
+    job_name: Option<&str>,
+    target_name: Option<&str>,
+    dry_run: bool,
+    now: Option<&str>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let now = match now {
+        None => chrono::Utc::now(),
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map(|at| at.with_timezone(&chrono::Utc))
+            .map_err(|_| UsageError(format!("--now {text:?} is not an RFC 3339 time, such as 2026-12-04T19:30:00Z")))?,
+    };
+    let jobs: Vec<&config::Job> = match job_name {
+        Some(name) => vec![config.job(name).ok_or_else(|| unknown_job(config, name))?],
+        None => config.jobs.iter().collect(),
+    };
+    if let Some(name) = target_name
+        && config.target(name).is_none()
+    {
+        let known: Vec<&str> = config.targets.iter().map(|target| target.name.as_str()).collect();
+        return Err(UsageError(format!(
+            "target {name:?} is not defined; targets in the configuration: {}",
+            known.join(", ")
+        ))
+        .into());
+    }
+    let mut failed = false;
+    let mut outcomes = Vec::new();
+    for job in jobs {
+        for name in job.targets.iter().filter(|name| target_name.is_none_or(|wanted| wanted == name.as_str())) {
+            let Some(policy) = policy_for(config, job, name) else {
+                if !json {
+                    println!("job {} on {name}: no retention rules; every backup is kept", job.name);
+                }
+                continue;
+            };
+            let target = build_target(config, name)?;
+            match crate::prune::prune(&target, &job.name, policy, job.timezone, now, dry_run).await {
+                Ok(outcome) => {
+                    failed |= !outcome.problems.is_empty();
+                    if !json {
+                        print_prune(&outcome);
+                    }
+                    outcomes.push(outcome);
+                }
+                Err(err) => {
+                    failed = true;
+                    eprintln!("error: job {} on {name}: {err}", job.name);
+                }
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcomes).expect("outcomes serialize"));
+    }
+    Ok(if failed { EXIT_FAILURE } else { 0 })
+}
+
+fn print_prune(outcome: &crate::prune::Outcome) {
+    let verb = if outcome.dry_run { "would delete" } else { "delete" };
+    println!("job {} on {}:", outcome.job, outcome.target);
+    for decision in &outcome.decisions {
+        if decision.keep {
+            println!("  keep   {}  ({})", decision.id, decision.reasons.join(", "));
+        } else {
+            println!("  {verb} {}", decision.id);
+        }
+    }
+    for name in &outcome.staging_removed {
+        println!("  removed staging file {name}");
+    }
+    for problem in &outcome.problems {
+        println!("  problem: {problem}");
+    }
+    let deleting = outcome.decisions.iter().filter(|decision| !decision.keep).count();
+    if outcome.dry_run {
+        println!("  dry run: {deleting} of {} backup(s) would be deleted", outcome.decisions.len());
+    } else {
+        println!("  deleted {} of {} backup(s)", outcome.deleted.len(), outcome.decisions.len());
     }
 }
 

@@ -9,6 +9,7 @@ pub mod live;
 pub mod lock;
 pub mod manifest;
 pub mod pipeline;
+pub mod prune;
 pub mod rdb;
 pub mod restore;
 pub mod retention;

@@ -24,13 +24,14 @@ pub enum Error {
          so wait for it to finish"
     )]
     Busy { job: String, holder: String, path: PathBuf },
-    #[error("cannot use lock file {path}: {source}; set RUNTIME_DIRECTORY to a writable folder")]
+    #[error("cannot use lock file {path}: {source}; set [daemon] state_dir to a writable folder")]
     Io { path: PathBuf, source: std::io::Error },
 }
 
-/// Takes the lock of `job`, or fails at once if another process holds it.
-pub fn acquire(job: &str) -> Result<JobLock, Error> {
-    acquire_in(&lock_folder(), job)
+/// Takes the lock of `job` in the `locks` folder of `state_folder`, or
+/// fails at once if another process holds it.
+pub fn acquire(state_folder: &Path, job: &str) -> Result<JobLock, Error> {
+    acquire_in(&state_folder.join("locks"), job)
 }
 
 /// Takes the lock of `job` in `folder`, creating the folder (mode 0700).
@@ -60,24 +61,35 @@ pub fn acquire_in(folder: &Path, job: &str) -> Result<JobLock, Error> {
     Ok(JobLock { _file: file })
 }
 
-/// Chooses the folder for lock files: systemd's RuntimeDirectory when set,
-/// else the user's runtime folder, else /run/sessbackup for root, else a
-/// folder of this user in the temporary folder.
-fn lock_folder() -> PathBuf {
-    if let Some(folders) = std::env::var_os("RUNTIME_DIRECTORY")
+/// The folder for lock files and the daemon's run times: `configured`
+/// (`[daemon] state_dir`) when set, else systemd's StateDirectory, else
+/// /var/lib/sessbackup for root, else the user's state folder
+/// (`$XDG_STATE_HOME/sessbackup`, by default `~/.local/state/sessbackup`).
+///
+/// The folder must outlive every run: a lock file that disappears while
+/// held (as a runtime folder does when its unit stops) no longer keeps a
+/// second process out.
+pub fn state_folder(configured: Option<&Path>) -> PathBuf {
+    if let Some(folder) = configured {
+        return folder.to_path_buf();
+    }
+    if let Some(folders) = std::env::var_os("STATE_DIRECTORY")
         && let Some(first) = folders.to_string_lossy().split(':').find(|folder| !folder.is_empty())
     {
         return PathBuf::from(first);
     }
-    if let Some(folder) = std::env::var_os("XDG_RUNTIME_DIR").filter(|folder| !folder.is_empty()) {
-        return PathBuf::from(folder).join("sessbackup");
-    }
     // SAFETY: geteuid(2) takes no arguments and always succeeds (POSIX).
     let uid = unsafe { libc::geteuid() };
     if uid == 0 {
-        return PathBuf::from("/run/sessbackup");
+        return PathBuf::from("/var/lib/sessbackup");
     }
-    std::env::temp_dir().join(format!("sessbackup-{uid}"))
+    if let Some(folder) = std::env::var_os("XDG_STATE_HOME").filter(|folder| !folder.is_empty()) {
+        return PathBuf::from(folder).join("sessbackup");
+    }
+    match std::env::var_os("HOME").filter(|home| !home.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/sessbackup"),
+        None => std::env::temp_dir().join(format!("sessbackup-{uid}")),
+    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,9 @@ pub struct RunReport {
     pub snapshot: SnapshotReport,
     pub targets: Vec<TargetOutcome>,
     pub manifest: Manifest,
+    /// Retention applied after the backup, on each target it reached.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<crate::prune::Outcome>,
 }
 
 /// Snapshot details of a run.
@@ -257,6 +260,7 @@ async fn run(
         snapshot: snapshot_report,
         targets: reports,
         manifest,
+        pruned: Vec::new(),
     })
 }
 

@@ -45,7 +45,7 @@ impl Job {
             .arg("--config")
             .arg(&self.config)
             .env_remove("RUST_LOG")
-            .env("RUNTIME_DIRECTORY", self.home.path().join("run"))
+            .env("STATE_DIRECTORY", self.home.path().join("state"))
             .env(KEY_VARIABLE, servers::S3_ACCESS_KEY)
             .env(SECRET_VARIABLE, servers::S3_SECRET_KEY);
         command
@@ -490,4 +490,57 @@ fn wrong_credentials_and_untrusted_certificate_are_named() {
     let files = servers::files_below(&pyftpd.root);
     assert_eq!(files.len(), 2, "{files:?}");
     assert!(files.iter().all(|file| !file.contains(".partial-")), "{files:?}");
+}
+
+#[test]
+fn retention_prunes_every_target_it_published_to() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    let Some(mut ftp) = Vsftpd::start(None) else { return };
+    let Some(s3) = S3Server::start("backups") else { return };
+    fill_sessions(&redis, 100);
+    let keep_two = "\n[target.retention]\nkeep_last = 2";
+    let (local_name, local_body) = local_target();
+    let (ftp_name, ftp_body) = ftp_target("ftp", &ftp, None);
+    let (s3_name, s3_body) = s3_target(&s3.endpoint(), "backups");
+    let job = Job::new(
+        &redis,
+        3,
+        &[
+            (local_name, local_body + keep_two),
+            (ftp_name, ftp_body + keep_two),
+            (s3_name, s3_body + "\n[target.retention]\nkeep_last = 3"),
+        ],
+    );
+    let mut made = Vec::new();
+    for _ in 0..4 {
+        let (output, report) = job.backup();
+        assert_success(&output, "backup");
+        made.push(report["id"].as_str().unwrap().to_string());
+    }
+    made.reverse();
+    let listed_ids = |target: &str| -> Vec<String> {
+        job.listed(target).iter().map(|entry| entry["id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(listed_ids("local"), made[..2]);
+    assert_eq!(listed_ids("ftp"), made[..2]);
+    assert_eq!(listed_ids("s3"), made[..3]);
+    assert_eq!(s3.objects().len(), 6, "{:?}", s3.objects());
+    assert_eq!(servers::files_below(&ftp.root.join("upload")).len(), 4);
+
+    // A dry run with a policy that would now delete more deletes nothing.
+    let output = job.run(&["prune", "--dry-run", "--target", "s3"]);
+    assert_success(&output, "prune --dry-run");
+    assert!(stdout(&output).contains("dry run: 0 of 3 backup(s) would be deleted"), "{}", stdout(&output));
+
+    // With the FTP server down, the next run publishes to the other two and
+    // prunes only there; the FTP target keeps what it had.
+    ftp.kill();
+    let (output, report) = job.backup();
+    assert_exit(&output, 3, "backup with the FTP server down");
+    let newest = report["id"].as_str().unwrap().to_string();
+    assert_eq!(listed_ids("local"), [newest.clone(), made[0].clone()]);
+    assert_eq!(listed_ids("s3"), [newest, made[0].clone(), made[1].clone()]);
+    let pruned: Vec<&str> =
+        report["pruned"].as_array().unwrap().iter().map(|p| p["target"].as_str().unwrap()).collect();
+    assert_eq!(pruned, ["local", "s3"]);
 }

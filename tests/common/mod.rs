@@ -267,14 +267,14 @@ impl Setup {
 
     pub fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sessbackup"));
-        // Each test has its own lock folder, so tests that back up a job of
+        // Each test has its own state folder (and lock files), so tests that back up a job of
         // the same name run side by side.
         command
             .arg("--config")
             .arg(&self.config)
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
-            .env("RUNTIME_DIRECTORY", self.home.path().join("run"));
+            .env("STATE_DIRECTORY", self.home.path().join("state"));
         command
     }
 
