@@ -153,6 +153,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run every job on its schedule until stopped (SIGTERM or SIGINT);
+    /// SIGHUP reloads the configuration.
+    Daemon,
     /// Validate the configuration file and report every problem.
     Check {
         /// Also connect to each job's Redis, and log in to each target and list it (writes nothing).
@@ -298,7 +301,23 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Progress bars only for a person watching a command that moves a backup,
+/// and only when nothing on the terminal is meant for a machine.
+fn wants_progress(cli: &Cli) -> bool {
+    let json_output = match &cli.command {
+        Command::Backup { json, .. } => *json,
+        Command::Verify { json, .. } => *json,
+        Command::Restore(_) => false,
+        _ => return false,
+    };
+    crate::progress::terminal() && matches!(cli.log_format, LogFormat::Text) && !json_output
+}
+
 fn init_logging(cli: &Cli) {
+    if wants_progress(cli) {
+        crate::progress::enable();
+    }
+    use tracing_subscriber::fmt::format::JsonFields;
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{EnvFilter, filter};
     // The FTP library logs every transfer it abandons at warn level; the
@@ -313,10 +332,10 @@ fn init_logging(cli: &Cli) {
     });
     // Colour only for a person at a terminal; journald and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let layer = tracing_subscriber::fmt::layer().with_writer(|| crate::progress::LogWriter).with_ansi(ansi);
     let layer = match cli.log_format {
         LogFormat::Text => layer.with_target(false).boxed(),
-        LogFormat::Json => layer.json().with_current_span(true).with_span_list(false).boxed(),
+        LogFormat::Json => layer.fmt_fields(JsonFields::new()).event_format(crate::logging::FlatJson).boxed(),
     };
     tracing_subscriber::registry().with(layer.with_filter(levels).with_filter(no_secrets)).init();
 }
@@ -354,6 +373,7 @@ async fn run(cli: Cli) -> u8 {
                 Command::Prune { job, target, dry_run, now, json } => {
                     prune(&config, job.as_deref(), target.as_deref(), dry_run, now.as_deref(), json).await
                 }
+                Command::Daemon => Ok(crate::daemon::run(cli.config.clone(), config).await),
                 Command::Inspect { .. } | Command::Check { .. } => unreachable!("handled above"),
             }
         }
@@ -457,7 +477,7 @@ async fn backup(config: &Config, job_name: Option<&str>, json: bool) -> anyhow::
     })
 }
 
-async fn backup_job(config: &Config, job: &config::Job) -> anyhow::Result<pipeline::RunReport> {
+pub(crate) async fn backup_job(config: &Config, job: &config::Job) -> anyhow::Result<pipeline::RunReport> {
     // Held until the run ends: see the lock module for why runs of one job
     // must not overlap.
     let _lock = crate::lock::acquire(&crate::lock::state_folder(config.daemon.state_dir.as_deref()), &job.name)?;
@@ -493,8 +513,11 @@ async fn backup_job(config: &Config, job: &config::Job) -> anyhow::Result<pipeli
     for outcome in report.targets.iter().filter(|outcome| outcome.published) {
         let Some(policy) = policy_for(config, job, &outcome.target) else { continue };
         let Some(target) = targets.iter().find(|target| target.name() == outcome.target) else { continue };
-        match crate::prune::prune(target, &job.name, policy, job.timezone, chrono::Utc::now(), false).await {
+        let span = tracing::info_span!("run", job = %job.name, backup_id = %report.id, phase = "prune");
+        let pruned = crate::prune::prune(target, &job.name, policy, job.timezone, chrono::Utc::now(), false);
+        match tracing::Instrument::instrument(pruned, span.clone()).await {
             Ok(pruned) => {
+                let _entered = span.enter();
                 tracing::info!(
                     target = %outcome.target,
                     deleted = pruned.deleted.len(),
@@ -506,7 +529,10 @@ async fn backup_job(config: &Config, job: &config::Job) -> anyhow::Result<pipeli
                 }
                 report.pruned.push(pruned);
             }
-            Err(err) => tracing::warn!(target = %outcome.target, error = %err, "retention could not list the target"),
+            Err(err) => {
+                let _entered = span.enter();
+                tracing::warn!(target = %outcome.target, error = %err, "retention could not list the target")
+            }
         }
     }
     Ok(report)

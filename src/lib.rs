@@ -2,13 +2,16 @@
 pub mod aof;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod datadir;
 pub mod drill;
 pub mod fsutil;
 pub mod live;
 pub mod lock;
+pub mod logging;
 pub mod manifest;
 pub mod pipeline;
+pub mod progress;
 pub mod prune;
 pub mod rdb;
 pub mod restore;

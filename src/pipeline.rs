@@ -17,6 +17,7 @@
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -118,7 +119,7 @@ pub async fn run_backup(
 ) -> Result<RunReport, Error> {
     let requested_at = OffsetDateTime::now_utc();
     let id = manifest::new_backup_id(requested_at);
-    let span = tracing::info_span!("run", job = %job.name, backup_id = %id);
+    let span = tracing::info_span!("run", job = %job.name, backup_id = %id, phase = "snapshot");
     run(job, source, targets, unusable, id, requested_at).instrument(span).await
 }
 
@@ -140,6 +141,7 @@ async fn run(
         false => None,
     };
     let snapshot = source.take_snapshot(job.snapshot_timeout).await?;
+    let span = tracing::Span::current();
     tracing::info!(
         path = %snapshot.path.display(),
         bytes = snapshot.size,
@@ -160,6 +162,7 @@ async fn run(
         None
     };
 
+    span.record("phase", "stream");
     let artifact = manifest::artifact_name(&job.name, &id).expect("job names are valid object name parts");
     // zstd never makes data bigger than its input plus a small frame overhead
     // (zstd's ZSTD_compressBound), so that is an upper bound of the artifact.
@@ -178,7 +181,12 @@ async fn run(
         scheduled: snapshot.scheduled,
     };
     let file = snapshot.file;
-    let streamed = tokio::task::spawn_blocking(move || stream_rdb(file, size, level, senders))
+    // A cancelled run (the daemon stopping) drops this future; the guard
+    // then stops the streaming thread, which closes the targets' channels
+    // without an end marker, so each removes its staging object.
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _stop_streaming = SetOnDrop(Arc::clone(&cancelled));
+    let streamed = tokio::task::spawn_blocking(move || stream_rdb(file, size, level, senders, &cancelled))
         .await
         .expect("streaming thread panicked");
     let (pass, walked, senders) = match streamed {
@@ -188,6 +196,7 @@ async fn run(
             return Err(match err {
                 StreamError::Read(message) => Error::Read { path: snapshot_path, message },
                 StreamError::Compress(message) => Error::Compress(message),
+                StreamError::Cancelled => Error::Compress("the run was cancelled".to_string()),
             });
         }
     };
@@ -201,6 +210,7 @@ async fn run(
     };
 
     // Everything checked: let each target publish the artifact.
+    span.record("phase", "publish");
     for sender in senders.into_iter().flatten() {
         let _ = sender.send(Chunk::End { bytes: pass.artifact_bytes }).await;
     }
@@ -264,7 +274,9 @@ async fn run(
     })
 }
 
-type Upload = tokio::task::JoinHandle<target::Result<u64>>;
+/// An upload task; dropping it (a cancelled run) cancels the upload, which
+/// then removes its staging object.
+type Upload = tokio_util::task::AbortOnDropHandle<target::Result<u64>>;
 
 /// Uploads the held AOF set as a second artifact to every target that
 /// stored the RDB artifact. A target that fails here loses its RDB artifact
@@ -335,13 +347,35 @@ fn start_uploads(targets: &[Arc<dyn Target>], artifact: &ObjectName, size_hint: 
     let mut uploads = Vec::new();
     let mut senders = Vec::new();
     for target in targets {
-        let (sender, receiver) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
+        let (sender, mut receiver) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
+        if let Some(bar) = crate::progress::bytes(target.name(), None) {
+            receiver = relay_with_progress(receiver, bar);
+        }
         let target = Arc::clone(target);
         let name = artifact.clone();
-        uploads.push(tokio::spawn(async move { target.put_stream(&name, receiver, size_hint).await }));
+        uploads.push(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            target.put_stream(&name, receiver, size_hint).await
+        })));
         senders.push(Some(sender));
     }
     (uploads, senders)
+}
+
+/// Passes chunks on to a new channel, counting them on `bar`.
+fn relay_with_progress(mut from: mpsc::Receiver<Chunk>, bar: indicatif::ProgressBar) -> mpsc::Receiver<Chunk> {
+    let (sender, receiver) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
+    tokio::spawn(async move {
+        while let Some(chunk) = from.recv().await {
+            if let Chunk::Data(data) = &chunk {
+                bar.inc(data.len() as u64);
+            }
+            if sender.send(chunk).await.is_err() {
+                break;
+            }
+        }
+        bar.finish_and_clear();
+    });
+    receiver
 }
 
 /// Decides whether the streamed RDB may be published: the walker accepted
@@ -532,6 +566,16 @@ type Senders = Vec<Option<mpsc::Sender<Chunk>>>;
 enum StreamError {
     Read(String),
     Compress(String),
+    Cancelled,
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Reads the RDB once: hashes it, walks it on a second thread, compresses it
@@ -542,6 +586,7 @@ fn stream_rdb(
     size: u64,
     level: i32,
     senders: Senders,
+    cancelled: &AtomicBool,
 ) -> Result<(Pass, Walked, Senders), StreamError> {
     let started = Instant::now();
     let (walk_sender, walk_receiver) = std_mpsc::sync_channel::<Bytes>(CHANNEL_CHUNKS);
@@ -558,6 +603,9 @@ fn stream_rdb(
     let mut rdb_hash = Sha256::new();
     let mut rdb_bytes: u64 = 0;
     let read_result: Result<(), StreamError> = loop {
+        if cancelled.load(Ordering::Relaxed) {
+            break Err(StreamError::Cancelled);
+        }
         let mut buffer = BytesMut::zeroed(CHUNK_BYTES);
         let read = match read_full(&mut file, &mut buffer) {
             Ok(read) => read,

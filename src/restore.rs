@@ -175,7 +175,8 @@ pub async fn verify_rdb(backup: &Backup, sink: Option<std::fs::File>) -> Verific
             return verification;
         }
     };
-    let bridge = tokio_util::io::SyncIoBridge::new(reader);
+    let bar = crate::progress::bytes(backup.target.name(), Some(manifest.artifact.bytes));
+    let bridge = crate::progress::ProgressReader::new(tokio_util::io::SyncIoBridge::new(reader), bar);
     let measured =
         tokio::task::spawn_blocking(move || measure(bridge, sink)).await.expect("verification thread panicked");
     compare(manifest, measured, &mut verification);

@@ -250,14 +250,50 @@ fn json_logs_are_json_lines() {
     for line in stderr(&output).lines() {
         let value: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
-        if value["fields"]["message"] == "backup finished" {
+        if value["message"] == "backup finished" {
             finished = Some(value);
         }
     }
     let finished = finished.expect("a 'backup finished' line");
-    assert_eq!(finished["span"]["job"], "sessions");
-    assert!(finished["span"]["backup_id"].is_string());
-    for field in ["rdb_bytes", "artifact_bytes", "ratio", "throughput_mib_s", "duration_ms"] {
-        assert!(!finished["fields"][field].is_null(), "missing {field}: {finished}");
+    // One flat object: the run's span fields sit beside the event's own.
+    assert_eq!(finished["job"], "sessions");
+    assert!(finished["backup_id"].is_string());
+    assert_eq!(finished["phase"], "publish");
+    assert_eq!(finished["level"], "INFO");
+    for field in ["timestamp", "rdb_bytes", "artifact_bytes", "ratio", "throughput_mib_s", "duration_ms"] {
+        assert!(!finished[field].is_null(), "missing {field}: {finished}");
     }
+}
+
+#[test]
+fn password_file_in_the_credentials_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::write(credentials.join("redis-password"), "secret\n").unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[job]]\nname = \"sessions\"\nredis_url = \"redis://127.0.0.1:6379/\"\npassword_file = \"$CREDENTIALS_DIRECTORY/redis-password\"\ntargets = [\"local\"]\n\n\
+             [[target]]\nname = \"local\"\ntype = \"local\"\npath = \"{}\"\n",
+            dir.path().join("backups").display()
+        ),
+    )
+    .unwrap();
+    let check = |credentials_directory: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sessbackup"));
+        command.args(["--config", config.to_str().unwrap(), "check"]).env_remove("CREDENTIALS_DIRECTORY");
+        if let Some(folder) = credentials_directory {
+            command.env("CREDENTIALS_DIRECTORY", folder);
+        }
+        command.output().unwrap()
+    };
+    assert_success(&check(Some(&credentials)), "check with the credential loaded");
+    let output = check(Some(dir.path()));
+    assert_exit(&output, 78, "check with the credential missing");
+    assert!(stderr(&output).contains("redis-password"), "{}", stderr(&output));
+    let output = check(None);
+    assert_exit(&output, 78, "check outside a unit with credentials");
+    assert!(stderr(&output).contains("$CREDENTIALS_DIRECTORY, which is not set here"), "{}", stderr(&output));
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::servers::{self, Certificate, FaultProxy, PyFtpd, S3Server, Vsftpd};
-use common::{Redis, assert_exit, assert_success, fill_sessions, stderr, stdout, wait_for};
+use common::{Redis, assert_exit, assert_success, fill_random, fill_sessions, stderr, stdout, wait_for};
 
 const KEY_VARIABLE: &str = "SESSBACKUP_TEST_S3_KEY";
 const SECRET_VARIABLE: &str = "SESSBACKUP_TEST_S3_SECRET";
@@ -101,27 +101,6 @@ fn s3_target(endpoint: &str, bucket: &str) -> (&'static str, String) {
              multipart_part_size_bytes = 5242880\ntimeout_secs = 10\nattempts = 2"
         ),
     )
-}
-
-/// Fills Redis with about `megabytes` MiB of random values, which do not
-/// compress, so the artifact spans several S3 parts.
-fn fill_random(redis: &Redis, megabytes: usize) {
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut connection = redis.connection();
-    for batch in 0..megabytes {
-        let mut pipe = redis::pipe();
-        for index in 0..1024 {
-            let mut value = vec![0u8; 1024];
-            for byte in value.iter_mut() {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                *byte = state as u8;
-            }
-            pipe.cmd("SET").arg(format!("blob:{batch}:{index}")).arg(value).ignore();
-        }
-        pipe.query::<()>(&mut connection).unwrap();
-    }
 }
 
 fn outcome<'a>(report: &'a serde_json::Value, target: &str) -> &'a serde_json::Value {

@@ -28,6 +28,22 @@ impl Problems<'_> {
     }
 }
 
+/// Replaces a leading `$CREDENTIALS_DIRECTORY` (or `${CREDENTIALS_DIRECTORY}`)
+/// with the folder systemd's `LoadCredential=` fills for the running unit,
+/// so one configuration file serves several units.
+pub(super) fn expand_credentials_directory(path: &str) -> Result<String, String> {
+    let rest = ["$CREDENTIALS_DIRECTORY", "${CREDENTIALS_DIRECTORY}"]
+        .iter()
+        .find_map(|prefix| path.strip_prefix(prefix).filter(|rest| rest.is_empty() || rest.starts_with('/')));
+    let Some(rest) = rest else { return Ok(path.to_string()) };
+    match std::env::var("CREDENTIALS_DIRECTORY") {
+        Ok(folder) if !folder.is_empty() => Ok(format!("{folder}{rest}")),
+        _ => Err(format!(
+            "{path:?} names $CREDENTIALS_DIRECTORY, which is not set here; systemd sets it for units with LoadCredential=, elsewhere give the full path"
+        )),
+    }
+}
+
 pub(super) fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())].iter().filter(|&&byte| byte == b'\n').count() + 1
 }
@@ -149,6 +165,13 @@ impl<'a, 'i> Fields<'a, 'i> {
                 (SecretSource::Env { variable: name, key: env_key }, span)
             }
             (None, Some((path, span))) => {
+                let path = match expand_credentials_directory(&path) {
+                    Ok(path) => path,
+                    Err(message) => {
+                        problems.add(span, format!("{context}: {file_key} {message}"));
+                        return None;
+                    }
+                };
                 if !Path::new(&path).is_absolute() {
                     problems.add(span, format!("{context}: {file_key} {path:?} must be an absolute path"));
                     return None;

@@ -158,6 +158,11 @@ pub trait Target: Send + Sync + fmt::Display {
     async fn remove_stale_staging(&self, prefix: &str, before_id: &str) -> Result<Vec<String>>;
 }
 
+/// Cleanup that outlives a cancelled upload (aborting an S3 multipart
+/// upload). A process that cancels backups waits for it before it exits.
+pub static CLEANUP: std::sync::LazyLock<tokio_util::task::TaskTracker> =
+    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
+
 /// Suffix that marks a staging object: `.partial-` and 16 hex digits.
 const STAGING_MARK: &str = ".partial-";
 

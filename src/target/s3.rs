@@ -409,11 +409,14 @@ impl Drop for AbortGuard {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let target = self.target.clone();
-            runtime.spawn(async move {
-                if let Err(err) = upload.abort().await {
-                    tracing::warn!(target = %target, error = %err, "could not abort a cancelled multipart upload");
-                }
-            });
+            super::CLEANUP.spawn_on(
+                async move {
+                    if let Err(err) = upload.abort().await {
+                        tracing::warn!(target = %target, error = %err, "could not abort a cancelled multipart upload");
+                    }
+                },
+                &runtime,
+            );
         }
     }
 }

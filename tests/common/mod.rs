@@ -457,3 +457,24 @@ pub fn make_certificates(dir: &std::path::Path) -> Option<(String, String, Strin
 }
 
 pub mod servers;
+
+/// Fills Redis with about `megabytes` MiB of random values, which do not
+/// compress: large artifacts, and slow runs at high compression levels.
+pub fn fill_random(redis: &Redis, megabytes: usize) {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut connection = redis.connection();
+    for batch in 0..megabytes {
+        let mut pipe = redis::pipe();
+        for index in 0..1024 {
+            let mut value = vec![0u8; 1024];
+            for byte in value.iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *byte = state as u8;
+            }
+            pipe.cmd("SET").arg(format!("blob:{batch}:{index}")).arg(value).ignore();
+        }
+        pipe.query::<()>(&mut connection).unwrap();
+    }
+}
