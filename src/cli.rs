@@ -1755,12 +1755,12 @@ async fn check(path: &Path, probe: bool) -> u8 {
             }
         }
     }
-    println!(
-        "configuration {} is valid: {} job(s), {} target(s)",
-        path.display(),
-        config.jobs.len(),
-        config.targets.len()
-    );
+    let source = if path.exists() {
+        format!("configuration {}", path.display())
+    } else {
+        format!("configuration from SESSBACKUP_* variables (no file at {})", path.display())
+    };
+    println!("{source} is valid: {} job(s), {} target(s)", config.jobs.len(), config.targets.len());
     if failed { EXIT_FAILURE } else { 0 }
 }
 

@@ -497,3 +497,44 @@ fn successful_run_removes_leftovers_of_older_runs() {
     assert!(!orphan.exists(), "orphaned artifact kept");
     assert!(later.exists(), "staging file of a later backup removed");
 }
+
+#[test]
+fn environment_variables_alone_configure_a_backup() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    fill_sessions(&redis, 100);
+    let home = tempfile::tempdir().unwrap();
+    let backups = home.path().join("backups");
+    let run = |args: &[&str], extra: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sessbackup"));
+        command
+            .args(["--config", home.path().join("absent.toml").to_str().unwrap()])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("STATE_DIRECTORY", home.path().join("state"))
+            .env("SESSBACKUP_JOB__SESSIONS__REDIS_URL", redis.url())
+            .env("SESSBACKUP_JOB__SESSIONS__TARGETS", "nas")
+            .env("SESSBACKUP_JOB__SESSIONS__RETENTION__KEEP_LAST", "1")
+            .env("SESSBACKUP_TARGET__NAS__TYPE", "local")
+            .env("SESSBACKUP_TARGET__NAS__PATH", &backups);
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        command.output().unwrap()
+    };
+    assert_success(&run(&["check"], &[]), "check of a configuration made of variables");
+    assert_success(&run(&["backup"], &[]), "backup");
+    assert_success(&run(&["backup"], &[]), "second backup");
+    let listed = run(&["list", "--json"], &[]);
+    assert_success(&listed, "list");
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.len(), 1, "keep_last = 1 from a variable was not applied");
+    assert_eq!(listed[0]["target"], "nas");
+
+    let output = run(&["check"], &[("SESSBACKUP_JOB__SESSIONS__COMPRESSION_LEVEL", "99")]);
+    assert_exit(&output, 78, "check with a bad variable");
+    assert!(
+        stderr(&output).contains("environment variable SESSBACKUP_JOB__SESSIONS__COMPRESSION_LEVEL: job \"sessions\": compression_level 99 is out of range"),
+        "{}",
+        stderr(&output)
+    );
+}

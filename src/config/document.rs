@@ -19,12 +19,34 @@ pub(super) struct Problems<'t> {
     pub(super) list: Vec<Problem>,
     /// Also check secret sources, CA files and target folders on this host.
     pub(super) check_environment: bool,
+    /// Where the document made of environment variables starts in `text`
+    /// (`usize::MAX` without one).
+    pub(super) env_start: usize,
+    /// Start offsets of its lines (relative to `env_start`) and the
+    /// variables each came from.
+    pub(super) env_lines: &'t [(usize, String)],
 }
 
 impl Problems<'_> {
     pub(super) fn add(&mut self, span: std::ops::Range<usize>, message: String) {
+        if span.start >= self.env_start {
+            let offset = span.start - self.env_start;
+            let variable = self
+                .env_lines
+                .iter()
+                .take_while(|(start, _)| *start <= offset)
+                .last()
+                .map_or("SESSBACKUP_*", |(_, variable)| variable.as_str());
+            self.list.push(Problem { line: None, message: format!("environment variable {variable}: {message}") });
+            return;
+        }
         let line = line_of(self.text, span.start);
         self.list.push(Problem { line: Some(line), message });
+    }
+
+    /// Whether the value at `span` came from an environment variable.
+    pub(super) fn is_from_environment(&self, span: &std::ops::Range<usize>) -> bool {
+        span.start >= self.env_start
     }
 }
 
@@ -113,6 +135,13 @@ impl<'a, 'i> Fields<'a, 'i> {
         key: &str,
     ) -> Option<(Vec<String>, std::ops::Range<usize>)> {
         let value = self.get(key)?;
+        // A variable may list names separated by commas.
+        if let DeValue::String(text) = value.get_ref()
+            && problems.is_from_environment(&value.span())
+        {
+            let names = text.split(',').map(str::trim).filter(|name| !name.is_empty()).map(String::from).collect();
+            return Some((names, value.span()));
+        }
         let DeValue::Array(items) = value.get_ref() else {
             self.wrong_type(problems, key, value, "an array of strings");
             return None;

@@ -9,6 +9,7 @@
 //! [`SecretSource::resolve`] reads it when a run needs it.
 
 mod document;
+mod env;
 mod target;
 
 use std::collections::HashSet;
@@ -239,30 +240,67 @@ pub fn load_checked(path: &Path) -> Result<Config, Error> {
 }
 
 fn read_and_parse(path: &Path, check_environment: bool) -> Result<Config, Error> {
-    let text = std::fs::read_to_string(path).map_err(|err| Error {
-        path: path.to_path_buf(),
-        problems: vec![Problem {
-            line: None,
-            message: match err.kind() {
-                std::io::ErrorKind::NotFound => {
-                    "file not found; create it (see config.example.toml) or pass --config PATH / set SESSBACKUP_CONFIG"
-                        .to_string()
-                }
-                _ => format!("cannot read the file: {err}"),
-            },
-        }],
-    })?;
-    parse_with(&text, check_environment).map_err(|problems| Error { path: path.to_path_buf(), problems })
+    let variables = env::variables();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        // A container configured by variables alone needs no file.
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !variables.is_empty() => String::new(),
+        Err(err) => {
+            return Err(Error {
+                path: path.to_path_buf(),
+                problems: vec![Problem {
+                    line: None,
+                    message: match err.kind() {
+                        std::io::ErrorKind::NotFound => "file not found; create it (see config.example.toml), pass --config PATH / set SESSBACKUP_CONFIG, or configure with SESSBACKUP_JOB__<NAME>__<KEY> variables"
+                            .to_string(),
+                        _ => format!("cannot read the file: {err}"),
+                    },
+                }],
+            });
+        }
+    };
+    parse_with(&text, &variables, check_environment).map_err(|problems| Error { path: path.to_path_buf(), problems })
 }
 
 /// Validates configuration text; returns every problem found.
 pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-    parse_with(text, false)
+    parse_with(text, &[], false)
 }
 
-fn parse_with(text: &str, check_environment: bool) -> Result<Config, Vec<Problem>> {
-    let mut problems = Problems { text, list: Vec::new(), check_environment };
-    let document = match DeTable::parse(text) {
+/// Validates configuration text with `variables` (name, value) over it, as
+/// the process environment would give them.
+pub fn parse_with_variables(text: &str, variables: &[(String, String)]) -> Result<Config, Vec<Problem>> {
+    parse_with(text, variables, false)
+}
+
+fn parse_with(text: &str, variables: &[(String, String)], check_environment: bool) -> Result<Config, Vec<Problem>> {
+    // The variables' document follows the file's text, so one offset names
+    // a place in either; the file's part of the padded copy is blank, so
+    // the variables' document parses alone with the same offsets.
+    let layer = env::layer(variables);
+    let combined = format!("{text}\n{}", layer.text);
+    let padded: String = text
+        .bytes()
+        .map(|byte| if byte == b'\n' { '\n' } else { ' ' })
+        .chain(std::iter::once('\n'))
+        .collect::<String>()
+        + &layer.text;
+    let mut problems = Problems {
+        text: &combined,
+        list: Vec::new(),
+        check_environment,
+        env_start: if variables.is_empty() { usize::MAX } else { text.len() + 1 },
+        env_lines: &layer.lines,
+    };
+    for name in &layer.invalid {
+        problems.list.push(Problem {
+            line: None,
+            message: format!(
+                "environment variable {name}: not a configuration key; use SESSBACKUP_JOB__<NAME>__<KEY>, SESSBACKUP_JOB__<NAME>__RETENTION__<KEY>, SESSBACKUP_TARGET__<NAME>__<KEY> or SESSBACKUP_DAEMON__<KEY>"
+            ),
+        });
+    }
+    let mut document = match DeTable::parse(&combined[..text.len()]) {
         Ok(document) => document,
         Err(err) => {
             let line = err.span().map(|span| line_of(text, span.start));
@@ -270,6 +308,16 @@ fn parse_with(text: &str, check_environment: bool) -> Result<Config, Vec<Problem
             return Err(problems.list);
         }
     };
+    if !variables.is_empty() {
+        match DeTable::parse(&padded) {
+            Ok(layer) => env::merge(document.get_mut(), layer.into_inner()),
+            Err(err) => {
+                let span = err.span().unwrap_or(text.len() + 1..text.len() + 1);
+                problems.add(span, format!("cannot be read: {}", err.message()));
+                return Err(problems.list);
+            }
+        }
+    }
 
     let mut root = Fields::new(document.get_ref(), "top level");
     let job_tables = root.array_of_tables(&mut problems, "job");
@@ -307,7 +355,7 @@ fn parse_with(text: &str, check_environment: bool) -> Result<Config, Vec<Problem
     if job_tables.is_empty() {
         problems.list.push(Problem {
             line: None,
-            message: "no [[job]] table: define at least one job (see config.example.toml)".to_string(),
+            message: "no [[job]] table: define at least one job (see config.example.toml), in the file or with SESSBACKUP_JOB__<NAME>__<KEY> variables".to_string(),
         });
     }
 
