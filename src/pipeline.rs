@@ -119,7 +119,7 @@ pub async fn run_backup(
 ) -> Result<RunReport, Error> {
     let requested_at = OffsetDateTime::now_utc();
     let id = manifest::new_backup_id(requested_at);
-    let span = tracing::info_span!("run", job = %job.name, backup_id = %id, phase = "snapshot");
+    let span = tracing::info_span!("run", job = %job.name, backup_id = %id);
     run(job, source, targets, unusable, id, requested_at).instrument(span).await
 }
 
@@ -134,41 +134,39 @@ async fn run(
     let started = Instant::now();
     tracing::info!(redis = %source.display_url(), targets = targets.len(), "backup started");
 
-    // Found before the snapshot, so that a server without AOF fails the run
-    // before it saves.
-    let aof_dir = match job.include_aof {
-        true => Some(source.aof_location(job.aof_path.as_deref()).await?),
-        false => None,
-    };
-    let snapshot = source.take_snapshot(job.snapshot_timeout).await?;
-    let span = tracing::Span::current();
-    tracing::info!(
-        path = %snapshot.path.display(),
-        bytes = snapshot.size,
-        waited_for_running_save = snapshot.waited_for_running_save,
-        scheduled = snapshot.scheduled,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "snapshot written"
-    );
-    // The AOF as it is on disk right after the snapshot, held open.
-    let held_aof = if let Some(dir) = aof_dir {
-        let held = tokio::task::spawn_blocking(move || crate::aof::capture::hold(&dir))
-            .await
-            .expect("AOF capture thread panicked")
-            .map_err(Error::Aof)?;
-        tracing::info!(files = held.files.len(), bytes = held.total_bytes(), "AOF captured");
-        Some(held)
-    } else {
-        None
-    };
+    let (snapshot, held_aof) = async {
+        // Found before the snapshot, so that a server without AOF fails the
+        // run before it saves.
+        let aof_dir = match job.include_aof {
+            true => Some(source.aof_location(job.aof_path.as_deref()).await?),
+            false => None,
+        };
+        let snapshot = source.take_snapshot(job.snapshot_timeout).await?;
+        tracing::info!(
+            path = %snapshot.path.display(),
+            bytes = snapshot.size,
+            waited_for_running_save = snapshot.waited_for_running_save,
+            scheduled = snapshot.scheduled,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        // The AOF as it is on disk right after the snapshot, held open.
+        let held_aof = if let Some(dir) = aof_dir {
+            let held = tokio::task::spawn_blocking(move || crate::aof::capture::hold(&dir))
+                .await
+                .expect("AOF capture thread panicked")
+                .map_err(Error::Aof)?;
+            tracing::info!(files = held.files.len(), bytes = held.total_bytes(), "AOF captured");
+            Some(held)
+        } else {
+            None
+        };
+        Ok::<_, Error>((snapshot, held_aof))
+    }
+    .instrument(tracing::info_span!("snapshot", phase = "snapshot"))
+    .await?;
 
-    span.record("phase", "stream");
     let artifact = manifest::artifact_name(&job.name, &id).expect("job names are valid object name parts");
-    // zstd never makes data bigger than its input plus a small frame overhead
-    // (zstd's ZSTD_compressBound), so that is an upper bound of the artifact.
-    let size_hint = Some(zstd::zstd_safe::compress_bound(snapshot.size as usize) as u64);
-    let (uploads, senders) = start_uploads(targets, &artifact, size_hint);
-
     let level = job.compression_level;
     let snapshot_path = snapshot.path.display().to_string();
     let size = snapshot.size;
@@ -181,46 +179,57 @@ async fn run(
         scheduled: snapshot.scheduled,
     };
     let file = snapshot.file;
-    // A cancelled run (the daemon stopping) drops this future; the guard
-    // then stops the streaming thread, which closes the targets' channels
-    // without an end marker, so each removes its staging object.
-    let cancelled = Arc::new(AtomicBool::new(false));
-    let _stop_streaming = SetOnDrop(Arc::clone(&cancelled));
-    let streamed = tokio::task::spawn_blocking(move || stream_rdb(file, size, level, senders, &cancelled))
-        .await
-        .expect("streaming thread panicked");
-    let (pass, walked, senders) = match streamed {
-        Ok(result) => result,
-        Err(err) => {
-            abandon(uploads).await;
-            return Err(match err {
-                StreamError::Read(message) => Error::Read { path: snapshot_path, message },
-                StreamError::Compress(message) => Error::Compress(message),
-                StreamError::Cancelled => Error::Compress("the run was cancelled".to_string()),
-            });
-        }
-    };
-    let summary = match judge(walked, pass.rdb_bytes, size, &snapshot_path, requested_at_server) {
-        Ok(summary) => summary,
-        Err(err) => {
-            drop(senders);
-            abandon(uploads).await;
-            return Err(err);
-        }
-    };
+    let (pass, summary, mut stored) = async {
+        // zstd never makes data bigger than its input plus a small frame
+        // overhead (zstd's ZSTD_compressBound), so that is an upper bound of
+        // the artifact.
+        let size_hint = Some(zstd::zstd_safe::compress_bound(size as usize) as u64);
+        let (uploads, senders) = start_uploads(targets, &artifact, size_hint);
+        // A cancelled run (the daemon stopping) drops this future. The
+        // guard then stops the streaming thread, which closes the targets'
+        // channels without an end marker, so each removes its staging object.
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _stop_streaming = SetOnDrop(Arc::clone(&cancelled));
+        let streamed = tokio::task::spawn_blocking(move || stream_rdb(file, size, level, senders, &cancelled))
+            .await
+            .expect("streaming thread panicked");
+        let (pass, walked, senders) = match streamed {
+            Ok(result) => result,
+            Err(err) => {
+                abandon(uploads).await;
+                return Err(match err {
+                    StreamError::Read(message) => Error::Read { path: snapshot_path.clone(), message },
+                    StreamError::Compress(message) => Error::Compress(message),
+                    StreamError::Cancelled => Error::Compress("the run was cancelled".to_string()),
+                });
+            }
+        };
+        let summary = match judge(walked, pass.rdb_bytes, size, &snapshot_path, requested_at_server) {
+            Ok(summary) => summary,
+            Err(err) => {
+                drop(senders);
+                abandon(uploads).await;
+                return Err(err);
+            }
+        };
 
-    // Everything checked: let each target publish the artifact.
-    span.record("phase", "publish");
-    for sender in senders.into_iter().flatten() {
-        let _ = sender.send(Chunk::End { bytes: pass.artifact_bytes }).await;
+        // Everything checked: let each target publish the artifact.
+        for sender in senders.into_iter().flatten() {
+            let _ = sender.send(Chunk::End { bytes: pass.artifact_bytes }).await;
+        }
+        let mut stored = Vec::new();
+        for (target, upload) in targets.iter().zip(uploads) {
+            let result = upload.await.expect("upload task panicked");
+            stored.push((Arc::clone(target), result));
+        }
+        Ok((pass, summary, stored))
     }
-    let mut stored = Vec::new();
-    for (target, upload) in targets.iter().zip(uploads) {
-        let result = upload.await.expect("upload task panicked");
-        stored.push((Arc::clone(target), result));
-    }
+    .instrument(tracing::info_span!("stream", phase = "stream"))
+    .await?;
+
+    let publish = tracing::info_span!("publish", phase = "publish");
     let aof = match held_aof {
-        Some(held) => ship_aof(held, &job.name, &id, level, &mut stored).await,
+        Some(held) => ship_aof(held, &job.name, &id, level, &mut stored).instrument(publish.clone()).await,
         None => None,
     };
 
@@ -247,12 +256,12 @@ async fn run(
         },
         aof,
     };
-    let mut reports = publish_manifests(&manifest, &artifact, stored).await;
+    let mut reports = publish_manifests(&manifest, &artifact, stored).instrument(publish.clone()).await;
     reports.extend(unusable);
     reports.sort_by_key(|outcome| job.targets.iter().position(|name| *name == outcome.target));
 
     let duration = started.elapsed();
-    log_finished(&pass, &summary, duration, &reports);
+    publish.in_scope(|| log_finished(&pass, &summary, duration, &reports));
     if !reports.iter().any(|outcome| outcome.published) {
         let reasons: Vec<String> = reports
             .iter()

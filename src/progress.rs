@@ -17,13 +17,13 @@ pub fn enable() {
     let _ = BARS.set(MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
 }
 
-/// Whether standard error is a terminal; bars need one.
+/// Returns whether standard error is a terminal, which bars need.
 pub fn terminal() -> bool {
     io::IsTerminal::is_terminal(&io::stderr())
 }
 
-/// A bar of bytes for `label`: with a length when the total is known, else
-/// a counter. `None` when bars are off.
+/// Adds a bar of bytes for `label`, with a length when the total is known,
+/// else a counter. Returns `None` when bars are off.
 pub fn bytes(label: &str, total: Option<u64>) -> Option<ProgressBar> {
     let bars = BARS.get()?;
     let bar = match total {

@@ -75,7 +75,7 @@ fn overlapping_run_is_refused() {
     fill_sessions(&redis, 100);
     let setup = Setup::new(&redis.url(), "");
     // The lock a run of the same job takes while it lasts.
-    let held = sessbackup::lock::acquire_in(&setup.path("run"), "sessions").unwrap();
+    let held = sessbackup::lock::acquire(&setup.path("state"), "sessions").unwrap();
 
     let output = setup.run(&["backup"]);
     assert_exit(&output, 75, "backup while another run of the job holds the lock");

@@ -10,8 +10,8 @@
 //! - `SESSBACKUP_DAEMON__METRICS_LISTEN` is in `[daemon]`.
 //!
 //! The variables become a TOML document of their own, merged over the
-//! file's: a variable replaces the key of the same job or target in the
-//! file, or adds it; a job or target the file lacks is created. Values are
+//! file's. A variable replaces the key of the same job or target in the
+//! file, or adds it, and a job or target the file lacks is created. Values are
 //! read as TOML when they are a TOML value (`3`, `true`, `"text"`,
 //! `["a", "b"]`) and as text otherwise; arrays of names may also be given as
 //! `local,s3`.
@@ -36,7 +36,7 @@ pub(super) struct Layer {
 const PREFIX: &str = "SESSBACKUP_";
 const SECTIONS: [&str; 3] = ["JOB", "TARGET", "DAEMON"];
 
-/// Whether `name` is a configuration variable (as opposed to, say,
+/// Returns whether `name` is a configuration variable (as opposed to, say,
 /// `SESSBACKUP_CONFIG`, or the service variables Kubernetes adds).
 pub(super) fn is_config_variable(name: &str) -> bool {
     name.strip_prefix(PREFIX)
@@ -44,7 +44,7 @@ pub(super) fn is_config_variable(name: &str) -> bool {
         .is_some_and(|(section, _)| SECTIONS.contains(&section))
 }
 
-/// The configuration variables of this process, sorted by name.
+/// Returns the configuration variables of this process, sorted by name.
 pub(super) fn variables() -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(name, value)| {
@@ -108,7 +108,7 @@ pub(super) fn layer(variables: &[(String, String)]) -> Layer {
     Layer { text, lines, invalid }
 }
 
-/// The value as TOML: itself when it is a TOML value, else a string.
+/// Returns the value as TOML: itself when it is a TOML value, else a string.
 fn literal(value: &str) -> String {
     let trimmed = value.trim();
     let is_toml = !trimmed.is_empty()
@@ -117,7 +117,7 @@ fn literal(value: &str) -> String {
     if is_toml { trimmed.to_string() } else { quote(value) }
 }
 
-/// A TOML basic string holding `text`.
+/// Returns `text` as a TOML string.
 fn quote(text: &str) -> String {
     toml::Value::String(text.to_string()).to_string()
 }
@@ -360,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn a_job_from_variables_must_be_complete() {
+    fn incomplete_variable_job_is_rejected() {
         let message = parse("", &[("SESSBACKUP_JOB__SESSIONS__TARGETS", "local")]).unwrap_err();
         assert!(message.contains("SESSBACKUP_JOB__SESSIONS__"), "{message}");
         assert!(message.contains("redis_url"), "{message}");

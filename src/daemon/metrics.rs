@@ -1,8 +1,8 @@
 //! Prometheus metrics of the daemon, served as text at `/metrics`.
 //!
-//! The exposition format is a few lines of text per series, written here
-//! directly; the values live in one struct behind a mutex that runs update
-//! when they end and the endpoint reads on each scrape.
+//! The text format needs a few lines per series, so it is written here
+//! directly. Runs update one struct behind a mutex when they end, and each
+//! scrape reads it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -59,7 +59,7 @@ impl Metrics {
         self.jobs.entry(job.to_string()).or_default()
     }
 
-    /// The last success recorded before this process started.
+    /// Records the last success from before this process started.
     pub fn seed_success(&mut self, job: &str, at: DateTime<Utc>) {
         self.job(job).last_success = Some(at);
     }
@@ -77,14 +77,14 @@ impl Metrics {
         }
     }
 
-    /// A due run that did not start: the previous one was still going, or
-    /// another process held the job's lock.
+    /// Counts a due run that did not start, because the previous one was
+    /// still going or another process held the job's lock.
     pub fn skipped(&mut self, job: &str) {
         *self.job(job).runs.entry("skipped").or_default() += 1;
     }
 
-    /// A finished run: its report, or `Err` when it failed before any
-    /// target got the backup.
+    /// Records a finished run: its report, or `Err` when it failed before
+    /// any target got the backup.
     pub fn record(&mut self, job: &str, started: DateTime<Utc>, took: Duration, result: Result<&RunReport, ()>) {
         let now = Utc::now();
         let targets: Vec<String> = self.config.job(job).map(|job| job.targets.clone()).unwrap_or_default();
@@ -124,7 +124,7 @@ impl Metrics {
         }
     }
 
-    /// Whether `job` is overdue at `now`: its `alert_after` has passed since
+    /// Returns whether `job` is overdue at `now`: its `alert_after` has passed since
     /// the first scheduled time after its last success (or after the daemon
     /// started, when it never succeeded). `None` for jobs without
     /// `alert_after`.
@@ -135,7 +135,7 @@ impl Metrics {
         Some(now > due + alert_after)
     }
 
-    /// The metrics in the Prometheus text format.
+    /// Renders the metrics in the Prometheus text format.
     pub fn render(&self, now: DateTime<Utc>) -> String {
         let mut out = String::new();
         let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
@@ -349,7 +349,7 @@ mod tests {
     }
 
     #[test]
-    fn overdue_counts_from_the_first_due_time_after_the_last_success() {
+    fn overdue_counts_from_next_due_time() {
         let mut metrics = Metrics::new(at("2026-12-01T00:00:00Z"), config("alert_after = \"6h\""));
         metrics.seed_success("sessions", at("2026-12-04T02:00:30Z"));
         // Next due 2026-12-05T02:00; overdue after 08:00.
@@ -358,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn overdue_without_any_success_counts_from_the_start() {
+    fn overdue_without_success_counts_from_start() {
         let metrics = Metrics::new(at("2026-12-05T03:00:00Z"), config("alert_after = \"1h\""));
         assert!(metrics.render(at("2026-12-06T02:59:00Z")).contains("sessbackup_overdue{job=\"sessions\"} 0"));
         assert!(metrics.render(at("2026-12-06T03:01:00Z")).contains("sessbackup_overdue{job=\"sessions\"} 1"));

@@ -7,8 +7,8 @@
 //! down are not replayed, except one catch-up run for jobs that ask for it.
 //!
 //! SIGTERM and SIGINT stop scheduling and give running backups the
-//! configured shutdown timeout to finish; then they are cancelled, which
-//! publishes nothing and removes their staging files. A second signal
+//! configured shutdown timeout to finish. After that they are cancelled,
+//! which publishes nothing and removes their staging files. A second signal
 //! cancels at once. SIGHUP reloads the configuration if it validates.
 
 pub mod metrics;
@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::config::{self, Config};
 use metrics::Metrics;
 
-/// Longest sleep of the scheduling loop, so a wall clock that jumps (a
+/// Maximum sleep of the scheduling loop. A wall clock that jumps (a
 /// suspended VM, a corrected clock) delays a run by this much at most.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
@@ -34,7 +34,7 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// uploads) may take before the daemon exits anyway.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// What the daemon knows of one scheduled job.
+/// Scheduling state of one job.
 struct Slot {
     /// The schedule and zone the next due time was computed with, to see
     /// whether a reload changed them.

@@ -1,6 +1,6 @@
-//! What the daemon remembers between restarts, one small JSON file per job
-//! in the state folder: when a run was last due and when one last
-//! succeeded.
+//! Per-job state the daemon keeps between restarts: one small JSON file per
+//! job in the state folder, with the time a run was last due and the time
+//! one last succeeded.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -25,8 +25,8 @@ fn file(folder: &Path, job: &str) -> PathBuf {
     folder.join("jobs").join(format!("{job}.json"))
 }
 
-/// Reads the state of `job`; a missing or unreadable file is an empty
-/// state (a job the daemon never ran), with a warning for the latter.
+/// Reads the state of `job`. A missing file is an empty state (a job the
+/// daemon never ran), and so is an unreadable one, with a warning.
 pub fn load(folder: &Path, job: &str) -> JobState {
     let path = file(folder, job);
     match std::fs::read(&path) {
