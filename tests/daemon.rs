@@ -284,3 +284,69 @@ fn daemon_refuses_a_config_without_schedules() {
     assert_exit(&output, 78, "daemon without any schedule");
     assert!(stderr(&output).contains("no job has a schedule"), "{}", stderr(&output));
 }
+
+#[test]
+fn service_manager_is_notified() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    let setup = Setup::new(&redis.url(), "schedule = \"0 3 * * *\"");
+    let socket_path = setup.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let log = setup.path("daemon.log");
+    let child = setup
+        .command()
+        .arg("daemon")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = Daemon { child: Some(child), log };
+    let receive = || {
+        let mut buffer = [0u8; 4096];
+        let length = socket.recv(&mut buffer).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buffer[..length]).into_owned()
+    };
+    let ready = receive();
+    assert!(ready.contains("READY=1"), "{ready}");
+    assert!(ready.contains("STATUS=1 job(s) scheduled; next run"), "{ready}");
+    // The watchdog is pinged at half its interval.
+    assert_eq!(receive(), "WATCHDOG=1\n");
+
+    daemon.signal(libc::SIGHUP);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|message: &String| message.contains("READY=1")) {
+        seen.push(receive());
+    }
+    assert!(seen.iter().any(|message| message.starts_with("RELOADING=1\nMONOTONIC_USEC=")), "{seen:?}");
+
+    daemon.signal(libc::SIGTERM);
+    let mut stopping = false;
+    for _ in 0..10 {
+        if receive().contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)), 0);
+}
+
+#[test]
+fn jitter_delays_each_run() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    let setup = Setup::new(&redis.url(), "schedule = \"*/1 * * * * *\"\njitter_secs = 2");
+    let mut daemon = Daemon::start(&setup);
+    wait_for(Duration::from_secs(30), "a run after its jitter", || daemon.log().contains("backup published"));
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)), 0);
+    let delays: Vec<u64> = daemon
+        .events()
+        .iter()
+        .filter(|event| event["message"] == "waiting the random jitter")
+        .map(|event| event["delay_ms"].as_u64().unwrap())
+        .collect();
+    assert!(!delays.is_empty(), "{}", daemon.log());
+    assert!(delays.iter().all(|delay| *delay <= 2000), "{delays:?}");
+}

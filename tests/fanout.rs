@@ -506,10 +506,15 @@ fn retention_prunes_every_target_it_published_to() {
     assert_eq!(s3.objects().len(), 6, "{:?}", s3.objects());
     assert_eq!(servers::files_below(&ftp.root.join("upload")).len(), 4);
 
-    // A dry run with a policy that would now delete more deletes nothing.
+    // Dry runs list every backup and delete nothing.
     let output = job.run(&["prune", "--dry-run", "--target", "s3"]);
     assert_success(&output, "prune --dry-run");
     assert!(stdout(&output).contains("dry run: 0 of 3 backup(s) would be deleted"), "{}", stdout(&output));
+    let output = job.run(&["prune", "--dry-run", "--target", "ftp", "--json"]);
+    assert_success(&output, "prune --dry-run --json on FTP");
+    let outcomes: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(outcomes[0]["decisions"].as_array().unwrap().len(), 2, "{outcomes:?}");
+    assert_eq!(listed_ids("ftp"), made[..2]);
 
     // With the FTP server down, the next run publishes to the other two and
     // prunes only there; the FTP target keeps what it had.
