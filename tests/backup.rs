@@ -538,3 +538,45 @@ fn environment_variables_alone_configure_a_backup() {
         stderr(&output)
     );
 }
+
+/// Runs sessbackup with `args` on a pseudo-terminal (script(1)) and returns
+/// what the terminal showed, or `None` when script(1) is missing.
+fn on_terminal(setup: &Setup, args: &[&str]) -> Option<String> {
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        common::say("SKIPPED: script(1) not found (Debian package bsdutils)");
+        return None;
+    }
+    let mut line =
+        vec![env!("CARGO_BIN_EXE_sessbackup").to_string(), "--config".to_string(), setup.config.display().to_string()];
+    line.extend(args.iter().map(|arg| arg.to_string()));
+    let output = std::process::Command::new("script")
+        .args(["-qefc", &line.join(" "), "/dev/null"])
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .env("STATE_DIRECTORY", setup.path("state"))
+        .output()
+        .unwrap();
+    assert_success(&output, &format!("{args:?} on a terminal"));
+    Some(stdout(&output))
+}
+
+#[test]
+fn progress_bars_only_on_a_terminal() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    common::fill_random(&redis, 8);
+    let setup = Setup::new(&redis.url(), "compression_level = 9");
+    let Some(shown) = on_terminal(&setup, &["backup"]) else { return };
+    assert!(shown.contains("local") && shown.contains(" sent, "), "no progress bar for the target:\n{shown}");
+    let shown = on_terminal(&setup, &["verify", "latest"]).unwrap();
+    assert!(shown.contains("MiB/"), "no progress bar for the download:\n{shown}");
+
+    for args in
+        [&["backup", "--json"][..], &["--log-format", "json", "backup"][..], &["verify", "--json", "latest"][..]]
+    {
+        let shown = on_terminal(&setup, args).unwrap();
+        assert!(!shown.contains(" sent, ") && !shown.contains("MiB/"), "a progress bar with {args:?}:\n{shown}");
+    }
+    // Not a terminal: no bars either.
+    let output = setup.run(&["backup"]);
+    assert!(!stderr(&output).contains(" sent, "), "{}", stderr(&output));
+}
