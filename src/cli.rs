@@ -161,6 +161,9 @@ pub enum Command {
         /// Also connect to each job's Redis, and log in to each target and list it (writes nothing).
         #[arg(long)]
         probe: bool,
+        /// Also check what `daemon` needs: at least one job with a schedule.
+        #[arg(long)]
+        daemon: bool,
     },
 }
 
@@ -314,6 +317,7 @@ fn wants_progress(cli: &Cli) -> bool {
 }
 
 fn init_logging(cli: &Cli) {
+    crate::logging::set_json(matches!(cli.log_format, LogFormat::Json));
     if wants_progress(cli) {
         crate::progress::enable();
     }
@@ -350,12 +354,12 @@ async fn run(cli: Cli) -> u8 {
         Command::Restore(args) if args.rdb.is_some() => {
             return finish(restore_local_rdb(args).await);
         }
-        Command::Check { probe } => return check(&cli.config, *probe).await,
+        Command::Check { probe, daemon } => return check(&cli.config, *probe, *daemon).await,
         _ => {
             let config = match config::load(&cli.config) {
                 Ok(config) => config,
                 Err(err) => {
-                    eprintln!("error: {err}");
+                    crate::logging::error(&err.to_string());
                     return EXIT_CONFIG;
                 }
             };
@@ -386,7 +390,7 @@ fn finish(result: anyhow::Result<u8>) -> u8 {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            crate::logging::error(&format!("{err:#}"));
             if err.downcast_ref::<UsageError>().is_some() { EXIT_USAGE } else { EXIT_FAILURE }
         }
     }
@@ -607,13 +611,13 @@ async fn list(config: &Config, job: Option<&str>, target: Option<&str>, json: bo
         let (target, (backups, warnings)) = match list_target(built, job).await {
             Ok(listed) => listed,
             Err(err) => {
-                eprintln!("error: {err:#}");
+                crate::logging::error(&format!("{err:#}"));
                 unreachable += 1;
                 continue;
             }
         };
         for warning in &warnings {
-            eprintln!("warning: {warning}");
+            crate::logging::warn(warning);
         }
         unreadable += warnings.len();
         searched.push(target.to_string());
@@ -625,7 +629,9 @@ async fn list(config: &Config, job: Option<&str>, target: Option<&str>, json: bo
     rows.sort_by(|a, b| b.manifest.id.cmp(&a.manifest.id));
     // A manifest that cannot be read hides a backup, so the exit code reports it.
     if unreadable > 0 {
-        eprintln!("error: {unreadable} manifest(s) could not be read; the backups they describe are not listed");
+        crate::logging::error(&format!(
+            "{unreadable} manifest(s) could not be read; the backups they describe are not listed"
+        ));
     }
     let code = if unreadable > 0 || unreachable > 0 { EXIT_FAILURE } else { 0 };
 
@@ -772,7 +778,12 @@ async fn select_backup(
 }
 
 fn announce(backup: &Backup) {
-    eprintln!("using backup {} of job {} on target {}", backup.manifest.id, backup.manifest.job, backup.target.name());
+    crate::logging::note(&format!(
+        "using backup {} of job {} on target {}",
+        backup.manifest.id,
+        backup.manifest.job,
+        backup.target.name()
+    ));
 }
 
 async fn verify(
@@ -1108,7 +1119,7 @@ fn inspect_aof(path: &Path, json: bool) -> u8 {
                 });
                 println!("{}", serde_json::to_string_pretty(&value).expect("JSON values serialize"));
             } else {
-                eprintln!("error: {err}");
+                crate::logging::error(&err.to_string());
             }
             return EXIT_FAILURE;
         }
@@ -1518,7 +1529,7 @@ fn inspect(path: &Path, json: bool) -> u8 {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(err) => {
-            eprintln!("error: cannot open {}: {err}", path.display());
+            crate::logging::error(&format!("cannot open {}: {err}", path.display()));
             return EXIT_FAILURE;
         }
     };
@@ -1663,7 +1674,7 @@ async fn prune(
                 }
                 Err(err) => {
                     failed = true;
-                    eprintln!("error: job {} on {name}: {err}", job.name);
+                    crate::logging::error(&format!("job {} on {name}: {err}", job.name));
                 }
             }
         }
@@ -1712,14 +1723,18 @@ async fn probe_job(job: &config::Job) -> anyhow::Result<crate::source::ServerInf
     Ok(info)
 }
 
-async fn check(path: &Path, probe: bool) -> u8 {
+async fn check(path: &Path, probe: bool, daemon: bool) -> u8 {
     let config = match config::load_checked(path) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("{err}");
+            crate::logging::error(&err.to_string());
             return EXIT_CONFIG;
         }
     };
+    if daemon && let Err(message) = crate::daemon::schedulable(&config) {
+        crate::logging::error(&message);
+        return EXIT_CONFIG;
+    }
     for warning in &config.warnings {
         println!("warning: {warning}");
     }
@@ -1736,7 +1751,7 @@ async fn check(path: &Path, probe: bool) -> u8 {
                 ),
                 Err(err) => {
                     failed = true;
-                    eprintln!("job {}: {err:#}", job.name);
+                    crate::logging::error(&format!("job {}: {err:#}", job.name));
                 }
             }
         }
@@ -1750,7 +1765,7 @@ async fn check(path: &Path, probe: bool) -> u8 {
                 }
                 Err(err) => {
                     failed = true;
-                    eprintln!("{err:#}");
+                    crate::logging::error(&format!("{err:#}"));
                 }
             }
         }

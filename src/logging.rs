@@ -79,3 +79,40 @@ impl Visit for Visitor<'_> {
         self.0.insert(field.name().to_string(), Value::String(format!("{value:?}")));
     }
 }
+
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`error`], [`warn`] and [`note`] write JSON log lines.
+pub fn set_json(json: bool) {
+    JSON.store(json, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Writes a command's message for the person at the terminal on standard
+/// error, or, with JSON logs, as a log line so that every line there is JSON.
+fn line(level: tracing::Level, prefix: &str, text: &str) {
+    if !JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{prefix}{text}");
+    } else if level == tracing::Level::ERROR {
+        tracing::error!("{text}");
+    } else if level == tracing::Level::WARN {
+        tracing::warn!("{text}");
+    } else {
+        tracing::info!("{text}");
+    }
+}
+
+/// Reports an error of a command.
+pub fn error(text: &str) {
+    line(tracing::Level::ERROR, "error: ", text);
+}
+
+/// Reports a warning of a command.
+pub fn warn(text: &str) {
+    line(tracing::Level::WARN, "warning: ", text);
+}
+
+/// Reports a fact the person running a command should see, such as which
+/// target a restore reads from.
+pub fn note(text: &str) {
+    line(tracing::Level::INFO, "", text);
+}

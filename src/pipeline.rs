@@ -185,14 +185,21 @@ async fn run(
         // the artifact.
         let size_hint = Some(zstd::zstd_safe::compress_bound(size as usize) as u64);
         let (uploads, senders) = start_uploads(targets, &artifact, size_hint);
+        tracing::info!(bytes = size, level, "reading, checking and compressing the RDB");
         // A cancelled run (the daemon stopping) drops this future. The
         // guard then stops the streaming thread, which closes the targets'
         // channels without an end marker, so each removes its staging object.
         let cancelled = Arc::new(AtomicBool::new(false));
         let _stop_streaming = SetOnDrop(Arc::clone(&cancelled));
-        let streamed = tokio::task::spawn_blocking(move || stream_rdb(file, size, level, senders, &cancelled))
-            .await
-            .expect("streaming thread panicked");
+        // Counted as cleanup, so a daemon that cancels the run waits until the
+        // compression in progress ends and the targets' channels close.
+        let cleanup = crate::target::CLEANUP.token();
+        let streamed = tokio::task::spawn_blocking(move || {
+            let _cleanup = cleanup;
+            stream_rdb(file, size, level, senders, &cancelled)
+        })
+        .await
+        .expect("streaming thread panicked");
         let (pass, walked, senders) = match streamed {
             Ok(result) => result,
             Err(err) => {

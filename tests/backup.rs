@@ -504,11 +504,17 @@ fn environment_variables_alone_configure_a_backup() {
     fill_sessions(&redis, 100);
     let home = tempfile::tempdir().unwrap();
     let backups = home.path().join("backups");
+    if std::path::Path::new(sessbackup::config::DEFAULT_PATH).exists() {
+        common::say(
+            "SKIPPED: a configuration file exists at the default path, which variables alone would not replace",
+        );
+        return;
+    }
     let run = |args: &[&str], extra: &[(&str, &str)]| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sessbackup"));
         command
-            .args(["--config", home.path().join("absent.toml").to_str().unwrap()])
             .args(args)
+            .env_remove("SESSBACKUP_CONFIG")
             .env_remove("RUST_LOG")
             .env("STATE_DIRECTORY", home.path().join("state"))
             .env("SESSBACKUP_JOB__SESSIONS__REDIS_URL", redis.url())
@@ -530,8 +536,15 @@ fn environment_variables_alone_configure_a_backup() {
     assert_eq!(listed.len(), 1, "keep_last = 1 from a variable was not applied");
     assert_eq!(listed[0]["target"], "nas");
 
+    // A file named on purpose must exist, even with variables set.
+    let absent = home.path().join("absent.toml");
+    let output = run(&["--config", absent.to_str().unwrap(), "check"], &[]);
+    assert_exit(&output, 78, "check of a missing file named with --config");
+    assert!(stderr(&output).contains("file not found"), "{}", stderr(&output));
+
     let output = run(&["check"], &[("SESSBACKUP_JOB__SESSIONS__COMPRESSION_LEVEL", "99")]);
     assert_exit(&output, 78, "check with a bad variable");
+    assert!(stderr(&output).contains("invalid configuration from SESSBACKUP_* variables"), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("environment variable SESSBACKUP_JOB__SESSIONS__COMPRESSION_LEVEL: job \"sessions\": compression_level 99 is out of range"),
         "{}",

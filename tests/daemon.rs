@@ -201,6 +201,9 @@ fn sigterm_during_a_slow_run_publishes_nothing_and_a_concurrent_backup_hits_the_
     let log = daemon.log();
     assert!(log.contains("shutdown timeout reached; cancelling running backups"), "{log}");
     assert!(log.contains("backup cancelled; nothing of it was published"), "{log}");
+    // The daemon waits for the cancelled run to clean up before it stops.
+    let cleaned = log.find("cancelled runs cleaned up").unwrap_or_else(|| panic!("no cleanup line:\n{log}"));
+    assert!(cleaned < log.find("daemon stopped").unwrap(), "{log}");
     assert!(setup.list_json().is_empty(), "a cancelled run was published");
     assert!(setup.backup_files().is_empty(), "files left by the cancelled run: {:?}", setup.backup_files());
 }
@@ -283,6 +286,17 @@ fn daemon_refuses_a_config_without_schedules() {
     let output = setup.run(&["daemon"]);
     assert_exit(&output, 78, "daemon without any schedule");
     assert!(stderr(&output).contains("no job has a schedule"), "{}", stderr(&output));
+    // check agrees with the daemon when asked to.
+    common::assert_success(&setup.run(&["check"]), "check");
+    let output = setup.run(&["check", "--daemon"]);
+    assert_exit(&output, 78, "check --daemon without any schedule");
+    assert!(stderr(&output).contains("no job has a schedule"), "{}", stderr(&output));
+    // With JSON logs, the error is a JSON line too.
+    let output = setup.run(&["--log-format", "json", "daemon"]);
+    assert_exit(&output, 78, "daemon with JSON logs");
+    let line: serde_json::Value = serde_json::from_str(stderr(&output).trim()).expect("a JSON line");
+    assert_eq!(line["level"], "ERROR");
+    assert!(line["message"].as_str().unwrap().contains("no job has a schedule"), "{line}");
 }
 
 #[test]

@@ -348,6 +348,7 @@ pub(super) fn retention(
     problems: &mut Problems<'_>,
     context: &str,
 ) -> Option<crate::retention::Policy> {
+    let problems_before = problems.list.len();
     let mut fields = Fields::new(table, "[retention]");
     let mut count = |fields: &mut Fields<'_, '_>, key: &str| -> u32 {
         match fields.integer(problems, key) {
@@ -380,7 +381,9 @@ pub(super) fn retention(
         keep_monthly,
         keep_yearly,
     };
-    if !policy.has_rule() {
+    // A rule with an invalid value is already reported; "no rule" would
+    // only repeat it.
+    if !policy.has_rule() && problems.list.len() == problems_before {
         problems.add(
             span,
             format!(

@@ -36,12 +36,12 @@ pub(super) struct Layer {
 const PREFIX: &str = "SESSBACKUP_";
 const SECTIONS: [&str; 3] = ["JOB", "TARGET", "DAEMON"];
 
-/// Returns whether `name` is a configuration variable (as opposed to, say,
-/// `SESSBACKUP_CONFIG`, or the service variables Kubernetes adds).
+/// Returns whether `name` is meant as a configuration variable (as opposed
+/// to, say, `SESSBACKUP_CONFIG`, or the service variables Kubernetes adds).
+/// Misspelt ones such as `SESSBACKUP_JOB_SESSIONS__SCHEDULE` count, so that
+/// they are reported rather than ignored.
 pub(super) fn is_config_variable(name: &str) -> bool {
-    name.strip_prefix(PREFIX)
-        .and_then(|rest| rest.split_once("__"))
-        .is_some_and(|(section, _)| SECTIONS.contains(&section))
+    name.strip_prefix(PREFIX).is_some_and(|rest| SECTIONS.iter().any(|section| rest.starts_with(section)))
 }
 
 /// Returns the configuration variables of this process, sorted by name.
@@ -237,6 +237,8 @@ mod tests {
         assert!(!is_config_variable("SESSBACKUP_CONFIG"));
         assert!(!is_config_variable("SESSBACKUP_SERVICE_HOST"));
         assert!(!is_config_variable("SESSBACKUP_FIXTURES"));
+        // Misspelt, so read and then reported.
+        assert!(is_config_variable("SESSBACKUP_JOB_SESSIONS__SCHEDULE"));
     }
 
     #[test]
@@ -345,6 +347,8 @@ mod tests {
                 ("SESSBACKUP_JOB__SESSIONS__COMPRESSION_LEVEL", "fast"),
                 ("SESSBACKUP_JOB__SESSIONS__RETENSION__KEEP_LAST", "3"),
                 ("SESSBACKUP_JOB__SESSIONS__REDIS__URL__X", "1"),
+                ("SESSBACKUP_JOB_SESSIONS__SCHEDULE", "@daily"),
+                ("SESSBACKUP_JOB__SESSIONS__RETENTION__KEEP_LAST", "three"),
                 ("SESSBACKUP_DAEMON__SHUTDOWN_TIMEOUT_SECS", "0"),
             ],
         )
@@ -352,11 +356,14 @@ mod tests {
         for expected in [
             "None: environment variable SESSBACKUP_JOB__SESSIONS__COMPRESSION_LEVEL: [[job]] key compression_level must be an integer, found a string",
             "environment variable SESSBACKUP_JOB__SESSIONS__REDIS__URL__X: not a configuration key",
+            "environment variable SESSBACKUP_JOB_SESSIONS__SCHEDULE: not a configuration key",
+            "environment variable SESSBACKUP_JOB__SESSIONS__RETENTION__KEEP_LAST: [retention] key keep_last must be an integer",
             "environment variable SESSBACKUP_DAEMON__SHUTDOWN_TIMEOUT_SECS: [daemon] shutdown_timeout_secs 0 is out of range",
             "environment variable SESSBACKUP_JOB__SESSIONS__RETENSION__*: unknown key \"retension\" in [[job]]",
         ] {
             assert!(message.contains(expected), "missing {expected:?} in:\n{message}");
         }
+        assert!(!message.contains("sets no rule"), "{message}");
     }
 
     #[test]

@@ -204,17 +204,19 @@ pub struct Problem {
 pub struct Error {
     pub path: PathBuf,
     pub problems: Vec<Problem>,
+    /// The configuration came from environment variables alone.
+    pub variables_only: bool,
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.problems.len();
-        write!(
-            f,
-            "invalid configuration {} ({count} problem{})",
-            self.path.display(),
-            if count == 1 { "" } else { "s" }
-        )?;
+        let source = if self.variables_only {
+            format!("from SESSBACKUP_* variables (no file at {})", self.path.display())
+        } else {
+            self.path.display().to_string()
+        };
+        write!(f, "invalid configuration {source} ({count} problem{})", if count == 1 { "" } else { "s" })?;
         for problem in &self.problems {
             match problem.line {
                 Some(line) => write!(f, "\n  line {line}: {}", problem.message)?,
@@ -243,11 +245,19 @@ fn read_and_parse(path: &Path, check_environment: bool) -> Result<Config, Error>
     let variables = env::variables();
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        // A container configured by variables alone needs no file.
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !variables.is_empty() => String::new(),
+        // A container configured by variables alone needs no file. A path
+        // given on purpose must exist, so a mistyped one is not ignored.
+        Err(err)
+            if err.kind() == std::io::ErrorKind::NotFound
+                && !variables.is_empty()
+                && path == Path::new(DEFAULT_PATH) =>
+        {
+            String::new()
+        }
         Err(err) => {
             return Err(Error {
                 path: path.to_path_buf(),
+                variables_only: false,
                 problems: vec![Problem {
                     line: None,
                     message: match err.kind() {
@@ -259,7 +269,12 @@ fn read_and_parse(path: &Path, check_environment: bool) -> Result<Config, Error>
             });
         }
     };
-    parse_with(&text, &variables, check_environment).map_err(|problems| Error { path: path.to_path_buf(), problems })
+    let variables_only = text.is_empty() && !path.exists();
+    parse_with(&text, &variables, check_environment).map_err(|problems| Error {
+        path: path.to_path_buf(),
+        problems,
+        variables_only,
+    })
 }
 
 /// Validates configuration text; returns every problem found.

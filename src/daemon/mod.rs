@@ -32,7 +32,7 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 /// How long cleanup that cancelled uploads started (aborting S3 multipart
 /// uploads) may take before the daemon exits anyway.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Scheduling state of one job.
 struct Slot {
@@ -46,15 +46,15 @@ struct Slot {
 /// Runs the daemon until a signal stops it; returns the exit code.
 pub async fn run(config_path: PathBuf, config: Config) -> u8 {
     if let Err(message) = schedulable(&config) {
-        eprintln!("error: {message}");
+        crate::logging::error(&message);
         return crate::cli::EXIT_CONFIG;
     }
     let state_dir = crate::lock::state_folder(config.daemon.state_dir.as_deref());
     if let Err(err) = state::ensure_folder(&state_dir) {
-        eprintln!(
-            "error: cannot use the state folder {}: {err}; set [daemon] state_dir to a writable folder",
+        crate::logging::error(&format!(
+            "cannot use the state folder {}: {err}; set [daemon] state_dir to a writable folder",
             state_dir.display()
-        );
+        ));
         return crate::cli::EXIT_FAILURE;
     }
     let mut config = Arc::new(config);
@@ -65,7 +65,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> u8 {
         Some(address) => match metrics::serve(address, metrics.clone()).await {
             Ok(server) => Some(server),
             Err(err) => {
-                eprintln!("error: cannot serve metrics on {address}: {err}; change [daemon] metrics_listen");
+                crate::logging::error(&format!(
+                    "cannot serve metrics on {address}: {err}; change [daemon] metrics_listen"
+                ));
                 return crate::cli::EXIT_FAILURE;
             }
         },
@@ -75,7 +77,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> u8 {
     let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
     else {
-        eprintln!("error: cannot install signal handlers");
+        crate::logging::error("cannot install signal handlers");
         return crate::cli::EXIT_FAILURE;
     };
 
@@ -197,7 +199,7 @@ async fn shutdown(
     let timeout = config.daemon.shutdown_timeout;
     let names: Vec<&str> = running.iter().map(|(name, _)| name.as_str()).collect();
     tracing::info!(
-        jobs = ?names,
+        jobs = %names.join(","),
         timeout_secs = timeout.as_secs(),
         "waiting for running backups to finish; a second signal cancels them at once"
     );
@@ -225,16 +227,23 @@ async fn shutdown(
             let _ = handle.await;
             tracing::warn!(job = %name, phase = "cancel", "backup cancelled; nothing of it was published");
         }
+        // The compression in progress ends first (seconds at high levels),
+        // then the uploads remove their staging files.
         crate::target::CLEANUP.close();
-        if tokio::time::timeout(CLEANUP_TIMEOUT, crate::target::CLEANUP.wait()).await.is_err() {
-            tracing::warn!("cleanup of cancelled uploads did not finish in time");
+        match tokio::time::timeout(CLEANUP_TIMEOUT, crate::target::CLEANUP.wait()).await {
+            Ok(()) => tracing::info!(phase = "cancel", "cancelled runs cleaned up"),
+            Err(_) => tracing::warn!(
+                phase = "cancel",
+                "cleanup of cancelled runs did not finish within {} s; a later run removes what is left",
+                CLEANUP_TIMEOUT.as_secs()
+            ),
         }
     }
     tracing::info!("daemon stopped");
 }
 
-/// The daemon needs at least one job with a schedule.
-fn schedulable(config: &Config) -> Result<(), String> {
+/// Checks that at least one job has a schedule, as the daemon needs.
+pub fn schedulable(config: &Config) -> Result<(), String> {
     if config.jobs.iter().any(|job| job.schedule.is_some()) {
         Ok(())
     } else {
@@ -291,7 +300,7 @@ fn spawn_run(
                 tracing::warn!(job = %job, backup_id = %report.id, failed_targets = ?failed, "backup published on some targets only");
             }
             Err(err) if is_busy(err) => {
-                tracing::warn!(job = %job, phase = "lock", "{err:#}; this run is skipped");
+                tracing::warn!(job = %job, phase = "schedule", "{err:#}; this run is skipped");
             }
             Err(err) => tracing::error!(job = %job, error = %format!("{err:#}"), "scheduled backup failed"),
         }

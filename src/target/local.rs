@@ -95,8 +95,16 @@ impl LocalTarget {
         F: FnOnce(&mut std::fs::File) -> std::result::Result<u64, Failure> + Send + 'static,
     {
         let path = self.path_of(name);
-        let result =
-            tokio::task::spawn_blocking(move || stage_and_publish(&path, fill)).await.expect("upload thread panicked");
+        let result = {
+            // Counted as cleanup: a cancelled upload ends here, removing its staging file.
+            let cleanup = super::CLEANUP.token();
+            tokio::task::spawn_blocking(move || {
+                let _cleanup = cleanup;
+                stage_and_publish(&path, fill)
+            })
+            .await
+            .expect("upload thread panicked")
+        };
         result.map_err(|failure| self.attach(name, failure))
     }
 }
