@@ -106,3 +106,37 @@ fn keep_last_applies_after_each_backup() {
     assert_exit(&setup.run(&["backup"]), 1, "backup of a stopped server");
     assert_eq!(ids(&setup), made[..2]);
 }
+
+#[test]
+fn incomplete_backups_do_not_count() {
+    let Some(redis) = Redis::start(&[]) else { return };
+    let setup = Setup::new(&redis.url(), "retention = { keep_last = 1 }");
+    assert_success(&setup.run(&["backup"]), "backup");
+    let complete = ids(&setup);
+    assert_eq!(complete.len(), 1);
+    // A newer upload that never got its manifest (an interrupted run), and a
+    // manifest that cannot be read.
+    let folder = setup.backups.join("sessions");
+    std::fs::write(folder.join("29991231T000000.000Z-0000abcd.rdb.zst"), b"no manifest").unwrap();
+    std::fs::write(folder.join("29991231T000001.000Z-0000abcd.manifest.json"), b"{ damaged").unwrap();
+
+    let output = setup.run(&["prune", "--json"]);
+    assert_exit(&output, 1, "prune with an unreadable manifest");
+    let outcomes: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let decisions = outcomes[0]["decisions"].as_array().unwrap();
+    // Only the complete backup is judged, and as the newest it is kept.
+    assert_eq!(decisions.len(), 1, "{outcomes:?}");
+    assert_eq!(decisions[0]["id"], complete[0].as_str());
+    assert_eq!(decisions[0]["keep"], true);
+    let problems = outcomes[0]["problems"].as_array().unwrap();
+    assert!(problems.iter().any(|problem| problem.as_str().unwrap().contains("that backup is kept")), "{problems:?}");
+    assert!(folder.join("29991231T000001.000Z-0000abcd.manifest.json").exists());
+    assert_eq!(ids_lenient(&setup), complete);
+}
+
+/// Ids `list` shows, also when it exits with 1 for an unreadable manifest.
+fn ids_lenient(setup: &Setup) -> Vec<String> {
+    let output = setup.run(&["list", "--json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    listed.iter().map(|entry| entry["id"].as_str().unwrap().to_string()).collect()
+}
