@@ -1620,7 +1620,7 @@ fn inspect(path: &Path, json: bool) -> u8 {
     }
 }
 
-/// The retention policy of a job on a target: the target's, else the job's.
+/// Returns the retention policy of a job on a target: the target's, else the job's.
 fn policy_for<'c>(config: &'c Config, job: &'c config::Job, target: &str) -> Option<&'c crate::retention::Policy> {
     config.target(target).and_then(|target| target.retention.as_ref()).or(job.retention.as_ref())
 }

@@ -104,7 +104,7 @@ fn http_get(port: u16, path: &str) -> (String, String) {
     (head.lines().next().unwrap().to_string(), body.to_string())
 }
 
-/// The value of the first sample of `series` (name and labels as printed).
+/// Returns the value of the first sample of `series` (name and labels as printed).
 fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
@@ -176,7 +176,7 @@ fn scheduled_runs_happen_and_show_in_metrics() {
 }
 
 #[test]
-fn sigterm_during_a_slow_run_publishes_nothing_and_a_concurrent_backup_hits_the_lock() {
+fn sigterm_cancels_slow_run_cleanly() {
     let Some(redis) = Redis::start(&[]) else { return };
     fill_random(&redis, 64);
     // Level 19 on incompressible data takes many seconds.
@@ -224,7 +224,7 @@ fn sigterm_lets_a_short_run_finish() {
 }
 
 #[test]
-fn sighup_with_a_broken_config_keeps_the_old_one() {
+fn sighup_keeps_config_when_broken() {
     let Some(redis) = Redis::start(&[]) else { return };
     let setup = Setup::new(&redis.url(), "schedule = \"*/1 * * * * *\"");
     let good = std::fs::read_to_string(&setup.config).unwrap();
@@ -255,7 +255,7 @@ fn sighup_with_a_broken_config_keeps_the_old_one() {
 }
 
 #[test]
-fn missed_run_is_caught_up_once_only_when_asked() {
+fn catch_up_runs_once_when_asked() {
     let Some(redis) = Redis::start(&[]) else { return };
     // Due once a year: the only run in this test is a catch-up run.
     for (catch_up, expected) in [(false, 0), (true, 1)] {

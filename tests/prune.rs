@@ -22,7 +22,7 @@ fn in_hours(hours: i64) -> String {
 }
 
 #[test]
-fn prune_dry_run_then_for_real_on_local_target() {
+fn prune_local_dry_run_then_real() {
     let Some(redis) = Redis::start(&[]) else { return };
     fill_sessions(&redis, 200);
     let setup = Setup::new(&redis.url(), "timezone = \"Europe/Berlin\"\nretention = { keep_within = \"1h\" }");

@@ -19,7 +19,7 @@ pub(super) struct Problems<'t> {
     pub(super) list: Vec<Problem>,
     /// Also check secret sources, CA files and target folders on this host.
     pub(super) check_environment: bool,
-    /// Where the document made of environment variables starts in `text`
+    /// Start of the document made of environment variables in `text`
     /// (`usize::MAX` without one).
     pub(super) env_start: usize,
     /// Start offsets of its lines (relative to `env_start`) and the
@@ -44,7 +44,7 @@ impl Problems<'_> {
         self.list.push(Problem { line: Some(line), message });
     }
 
-    /// Whether the value at `span` came from an environment variable.
+    /// Returns whether the value at `span` came from an environment variable.
     pub(super) fn is_from_environment(&self, span: &std::ops::Range<usize>) -> bool {
         span.start >= self.env_start
     }
