@@ -921,11 +921,18 @@ async fn restore_data_dir(config: &Config, args: &RestoreArgs, dir: &Path) -> an
     install_data_dir(&layout, &verified, backup.manifest.rdb.keys)
 }
 
-async fn restore_drill(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
+/// Selects the backup `args` name and verifies it into a scratch folder;
+/// returns the backup, the folder (removed when dropped) and the RDB copy.
+async fn verified_copy(config: &Config, args: &RestoreArgs) -> anyhow::Result<(Backup, tempfile::TempDir, PathBuf)> {
     let backup = select_backup(config, args.job.as_deref(), args.target.as_deref(), &args.backup).await?;
     let scratch = work_folder(args)?;
     let copy = scratch.path().join("dump.rdb");
     restore::restore_to_file(&backup, &copy, false).await?;
+    Ok((backup, scratch, copy))
+}
+
+async fn restore_drill(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
+    let (backup, _scratch, copy) = verified_copy(config, args).await?;
     println!(
         "verified backup {} of job {} from target {}",
         backup.manifest.id,
@@ -937,10 +944,7 @@ async fn restore_drill(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8
 
 async fn restore_into(config: &Config, args: &RestoreArgs) -> anyhow::Result<u8> {
     let server = into_server(args)?;
-    let backup = select_backup(config, args.job.as_deref(), args.target.as_deref(), &args.backup).await?;
-    let scratch = work_folder(args)?;
-    let copy = scratch.path().join("dump.rdb");
-    restore::restore_to_file(&backup, &copy, false).await?;
+    let (backup, _scratch, copy) = verified_copy(config, args).await?;
     println!(
         "verified backup {} of job {} from target {} ({} keys, RDB version {})",
         backup.manifest.id,

@@ -61,7 +61,7 @@ pub fn acquire_in(folder: &Path, job: &str) -> Result<JobLock, Error> {
     Ok(JobLock { _file: file })
 }
 
-/// The folder for lock files and the daemon's run times: `configured`
+/// Returns the folder for lock files and the daemon's run times: `configured`
 /// (`[daemon] state_dir`) when set, else systemd's StateDirectory, else
 /// /var/lib/sessbackup for root, else the user's state folder
 /// (`$XDG_STATE_HOME/sessbackup`, by default `~/.local/state/sessbackup`).

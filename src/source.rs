@@ -219,7 +219,7 @@ impl RedisSource {
         let server = server_info(&mut connection).await?;
         let path = match &self.rdb_path {
             Some(path) => path.clone(),
-            None => self.rdb_location(&mut connection).await?,
+            None => self.rdb_location(&connection).await?,
         };
         tracing::debug!(path = %path.display(), version = %server.version, role = %server.role, "snapshot starting");
 
@@ -313,25 +313,16 @@ impl RedisSource {
         })
     }
 
-    /// `dir` + `dbfilename` from CONFIG GET (or its renamed form).
     /// Finds the server's `appendonlydir/`: `configured` if the job names it,
     /// else from `CONFIG GET dir` and `appenddirname`. Fails if the server
     /// reports `appendonly no`.
     pub async fn aof_location(&self, configured: Option<&Path>) -> Result<PathBuf, Error> {
         let connection = self.connect().await?;
-        let get = |name: &'static str| {
-            let command = format!("{} GET {name}", self.config_command);
-            let mut cmd = redis::cmd(&self.config_command);
-            cmd.arg("GET").arg(name);
-            let mut connection = connection.clone();
-            async move {
-                let reply: redis::RedisResult<Vec<String>> = cmd.query_async(&mut connection).await;
-                match reply {
-                    Ok(pair) if pair.len() == 2 => Ok(pair[1].clone()),
-                    Ok(pair) => Err(Error::AofLocation { command, message: format!("unexpected reply {pair:?}") }),
-                    Err(err) => Err(Error::AofLocation { command, message: err.to_string() }),
-                }
-            }
+        let connection = &connection;
+        let get = |name: &'static str| async move {
+            self.config_get(connection, name)
+                .await
+                .map_err(|(command, message)| Error::AofLocation { command, message })
         };
         match get("appendonly").await {
             Ok(value) if value == "no" => return Err(Error::AofOff { url: self.display_url.clone() }),
@@ -348,24 +339,30 @@ impl RedisSource {
         Ok(Path::new(&dir).join(dir_name))
     }
 
-    async fn rdb_location(&self, connection: &mut MultiplexedConnection) -> Result<PathBuf, Error> {
-        let get = |name: &'static str| {
-            let command = format!("{} GET {name}", self.config_command);
-            let mut cmd = redis::cmd(&self.config_command);
-            cmd.arg("GET").arg(name);
-            let mut connection = connection.clone();
-            async move {
-                let reply: redis::RedisResult<Vec<String>> = cmd.query_async(&mut connection).await;
-                match reply {
-                    Ok(pair) if pair.len() == 2 => Ok(pair[1].clone()),
-                    Ok(pair) => Err(Error::RdbLocation { command, message: format!("unexpected reply {pair:?}") }),
-                    Err(err) => Err(Error::RdbLocation { command, message: err.to_string() }),
-                }
-            }
+    /// Finds the RDB file from `CONFIG GET dir` and `dbfilename`.
+    async fn rdb_location(&self, connection: &MultiplexedConnection) -> Result<PathBuf, Error> {
+        let get = |name: &'static str| async move {
+            self.config_get(connection, name)
+                .await
+                .map_err(|(command, message)| Error::RdbLocation { command, message })
         };
         let dir = get("dir").await?;
         let file_name = get("dbfilename").await?;
         Ok(Path::new(&dir).join(file_name))
+    }
+
+    /// Reads one parameter with `CONFIG GET` (or its renamed form). A failure
+    /// returns the command sent and the reason.
+    async fn config_get(&self, connection: &MultiplexedConnection, name: &str) -> Result<String, (String, String)> {
+        let command = format!("{} GET {name}", self.config_command);
+        let mut connection = connection.clone();
+        let reply: redis::RedisResult<Vec<String>> =
+            redis::cmd(&self.config_command).arg("GET").arg(name).query_async(&mut connection).await;
+        match reply {
+            Ok(pair) if pair.len() == 2 => Ok(pair[1].clone()),
+            Ok(pair) => Err((command, format!("unexpected reply {pair:?}"))),
+            Err(err) => Err((command, err.to_string())),
+        }
     }
 }
 

@@ -490,19 +490,19 @@ fn retention_prunes_every_target_it_published_to() {
             (s3_name, s3_body + "\n[target.retention]\nkeep_last = 3"),
         ],
     );
-    let mut made = Vec::new();
+    let mut created = Vec::new();
     for _ in 0..4 {
         let (output, report) = job.backup();
         assert_success(&output, "backup");
-        made.push(report["id"].as_str().unwrap().to_string());
+        created.push(report["id"].as_str().unwrap().to_string());
     }
-    made.reverse();
+    created.reverse();
     let listed_ids = |target: &str| -> Vec<String> {
         job.listed(target).iter().map(|entry| entry["id"].as_str().unwrap().to_string()).collect()
     };
-    assert_eq!(listed_ids("local"), made[..2]);
-    assert_eq!(listed_ids("ftp"), made[..2]);
-    assert_eq!(listed_ids("s3"), made[..3]);
+    assert_eq!(listed_ids("local"), created[..2]);
+    assert_eq!(listed_ids("ftp"), created[..2]);
+    assert_eq!(listed_ids("s3"), created[..3]);
     assert_eq!(s3.objects().len(), 6, "{:?}", s3.objects());
     assert_eq!(servers::files_below(&ftp.root.join("upload")).len(), 4);
 
@@ -514,7 +514,7 @@ fn retention_prunes_every_target_it_published_to() {
     assert_success(&output, "prune --dry-run --json on FTP");
     let outcomes: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(outcomes[0]["decisions"].as_array().unwrap().len(), 2, "{outcomes:?}");
-    assert_eq!(listed_ids("ftp"), made[..2]);
+    assert_eq!(listed_ids("ftp"), created[..2]);
 
     // With the FTP server down, the next run publishes to the other two and
     // prunes only there; the FTP target keeps what it had.
@@ -522,8 +522,8 @@ fn retention_prunes_every_target_it_published_to() {
     let (output, report) = job.backup();
     assert_exit(&output, 3, "backup with the FTP server down");
     let newest = report["id"].as_str().unwrap().to_string();
-    assert_eq!(listed_ids("local"), [newest.clone(), made[0].clone()]);
-    assert_eq!(listed_ids("s3"), [newest, made[0].clone(), made[1].clone()]);
+    assert_eq!(listed_ids("local"), [newest.clone(), created[0].clone()]);
+    assert_eq!(listed_ids("s3"), [newest, created[0].clone(), created[1].clone()]);
     let pruned: Vec<&str> =
         report["pruned"].as_array().unwrap().iter().map(|p| p["target"].as_str().unwrap()).collect();
     assert_eq!(pruned, ["local", "s3"]);

@@ -91,20 +91,20 @@ fn keep_last_applies_after_each_backup() {
     let Some(redis) = Redis::start(&[]) else { return };
     fill_sessions(&redis, 100);
     let setup = Setup::new(&redis.url(), "retention = { keep_last = 2 }");
-    let mut made = Vec::new();
+    let mut created = Vec::new();
     for _ in 0..4 {
         let output = setup.run(&["backup", "--json"]);
         assert_success(&output, "backup");
         let reports: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
-        made.push(reports[0]["id"].as_str().unwrap().to_string());
+        created.push(reports[0]["id"].as_str().unwrap().to_string());
     }
-    made.reverse();
-    assert_eq!(ids(&setup), made[..2]);
+    created.reverse();
+    assert_eq!(ids(&setup), created[..2]);
 
     // While backups fail, nothing is pruned.
     redis.shutdown();
     assert_exit(&setup.run(&["backup"]), 1, "backup of a stopped server");
-    assert_eq!(ids(&setup), made[..2]);
+    assert_eq!(ids(&setup), created[..2]);
 }
 
 #[test]

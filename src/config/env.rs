@@ -13,7 +13,7 @@
 //! file's. A variable replaces the key of the same job or target in the
 //! file, or adds it, and a job or target the file lacks is created. Values are
 //! read as TOML when they are a TOML value (`3`, `true`, `"text"`,
-//! `["a", "b"]`) and as text otherwise; arrays of names may also be given as
+//! `["a", "b"]`) and as text otherwise. Arrays of names may also be given as
 //! `local,s3`.
 
 use std::collections::BTreeMap;

@@ -290,8 +290,8 @@ pub fn parse_with_variables(text: &str, variables: &[(String, String)]) -> Resul
 
 fn parse_with(text: &str, variables: &[(String, String)], check_environment: bool) -> Result<Config, Vec<Problem>> {
     // The variables' document follows the file's text, so one offset names
-    // a place in either; the file's part of the padded copy is blank, so
-    // the variables' document parses alone with the same offsets.
+    // a place in either. In the padded copy the file's part is blank, so the
+    // variables' document parses alone with the same offsets.
     let layer = env::layer(variables);
     let combined = format!("{text}\n{}", layer.text);
     let padded: String = text

@@ -59,7 +59,6 @@ pub async fn run(config_path: PathBuf, config: Config) -> u8 {
     }
     let mut config = Arc::new(config);
     let metrics = Arc::new(Mutex::new(Metrics::new(Utc::now(), config.clone())));
-    seed_metrics(&metrics, &config, &state_dir);
 
     let _server = match config.daemon.metrics_listen {
         Some(address) => match metrics::serve(address, metrics.clone()).await {
@@ -85,10 +84,15 @@ pub async fn run(config_path: PathBuf, config: Config) -> u8 {
     let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
     let mut catch_up = Vec::new();
     for job in &config.jobs {
+        // The last success from the state folder, so a restart does not make
+        // a job look overdue or fresh.
+        let saved = state::load(&state_dir, &job.name);
+        if let Some(at) = saved.last_success {
+            metrics.lock().expect("metrics lock").seed_success(&job.name, at);
+        }
         let Some(schedule) = &job.schedule else { continue };
-        let last_due = state::load(&state_dir, &job.name).last_due;
         if job.catch_up
-            && let Some(last_due) = last_due
+            && let Some(last_due) = saved.last_due
             && schedule.next_after(last_due).is_some_and(|missed| missed <= now)
         {
             catch_up.push(job.name.clone());
@@ -317,17 +321,6 @@ fn is_busy(err: &anyhow::Error) -> bool {
     matches!(err.downcast_ref::<crate::lock::Error>(), Some(crate::lock::Error::Busy { .. }))
 }
 
-/// Loads the last success times the state folder holds, so a restart does
-/// not make a job look overdue or fresh.
-fn seed_metrics(metrics: &Arc<Mutex<Metrics>>, config: &Config, state_dir: &Path) {
-    let mut metrics = metrics.lock().expect("metrics lock");
-    for job in &config.jobs {
-        if let Some(at) = state::load(state_dir, &job.name).last_success {
-            metrics.seed_success(&job.name, at);
-        }
-    }
-}
-
 /// Reads the configuration again and, if it validates, puts it in use.
 fn reload(
     path: &Path,
@@ -337,6 +330,7 @@ fn reload(
 ) -> Result<(), String> {
     let new = config::load_checked(path).map_err(|err| err.to_string())?;
     schedulable(&new)?;
+
     if new.daemon.metrics_listen != config.daemon.metrics_listen {
         tracing::warn!("[daemon] metrics_listen changed; the new address takes effect after a restart");
     }
@@ -346,6 +340,7 @@ fn reload(
     for warning in &new.warnings {
         tracing::warn!("{warning}");
     }
+
     let now = Utc::now();
     let mut next = BTreeMap::new();
     for job in &new.jobs {
@@ -372,6 +367,7 @@ fn reload(
             next.insert(name, Slot { schedule: String::new(), next_due: None, running: Some(handle) });
         }
     }
+
     *slots = next;
     *config = Arc::new(new);
     if let Ok(mut metrics) = metrics.lock() {

@@ -200,17 +200,21 @@ impl S3Target {
         }
     }
 
+    fn already_exists(&self, name: &ObjectName) -> Error {
+        Error {
+            kind: ErrorKind::AlreadyExists,
+            target: self.name.clone(),
+            action: "upload",
+            object: name.to_string(),
+            message: "the object exists".to_string(),
+        }
+    }
+
     /// Puts a whole object in one request; existing objects are not replaced.
     async fn put_whole(&self, name: &ObjectName, payload: PutPayload) -> Result<()> {
         let mode = if self.conditional_writes { PutMode::Create } else { PutMode::Overwrite };
         if !self.conditional_writes && self.store.head(&self.location(name.as_str())).await.is_ok() {
-            return Err(Error {
-                kind: ErrorKind::AlreadyExists,
-                target: self.name.clone(),
-                action: "upload",
-                object: name.to_string(),
-                message: "the object exists".to_string(),
-            });
+            return Err(self.already_exists(name));
         }
         let options = PutOptions { mode, attributes: self.attributes(), ..PutOptions::default() };
         self.store
@@ -469,13 +473,7 @@ impl Target for S3Target {
             }
         }
         if self.store.head(&self.location(name.as_str())).await.is_ok() {
-            return Err(Error {
-                kind: ErrorKind::AlreadyExists,
-                target: self.name.clone(),
-                action: "upload",
-                object: name.to_string(),
-                message: "the object exists".to_string(),
-            });
+            return Err(self.already_exists(name));
         }
         self.put_multipart(name, first, &mut chunks, planned, size_hint.is_some()).await
     }
